@@ -1,0 +1,146 @@
+"""One base model in memory, shared by every adapter that runs on it.
+
+A ``ModelHost`` loads a Hugging Face causal LM and its tokenizer once and
+wraps it in a single peft ``PeftModel`` that holds many named LoRA adapters:
+one per training run, plus the sampler checkpoints currently cached. Every
+forward pass picks its adapter explicitly under ``self.lock``, so one run's
+step never sees another run's weights ("no switching the active adapter while
+someone else is mid-backward").
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from engine.types import BaseModelSpec, LoraSpec, UserInputError
+
+logger = logging.getLogger(__name__)
+
+ATTN_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
+MLP_MODULES = ["gate_proj", "up_proj", "down_proj"]
+UNEMBED_MODULES = ["lm_head"]
+
+# peft warns when lm_head (tied to the embedding) is a LoRA target. We never
+# merge adapters into the base weights, so the tie cannot be broken; say so once.
+warnings.filterwarnings("ignore", message=".*tie_word_embeddings=True.*")
+
+
+def lora_config_for(spec: LoraSpec) -> LoraConfig:
+    """The one place a ``LoraSpec`` becomes a peft config (training, saving, sampling)."""
+    targets: list[str] = []
+    if spec.train_attn:
+        targets += ATTN_MODULES
+    if spec.train_mlp:
+        targets += MLP_MODULES
+    if spec.train_unembed:
+        targets += UNEMBED_MODULES
+    if not targets:
+        raise UserInputError("LoRA config trains nothing: enable train_attn, train_mlp or train_unembed")
+    return LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=0.0, target_modules=targets, bias="none")
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+class ModelHost:
+    """A loaded base model plus the LoRA adapters attached to it."""
+
+    def __init__(self, spec: BaseModelSpec, device: torch.device | None = None) -> None:
+        self.spec = spec
+        self.device = device or pick_device()
+        self.lock = threading.RLock()
+        self.tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
+        # NOTE: bf16 on GPU (memory and speed), fp32 on CPU (bf16 matmuls are slow
+        # there and fp32 keeps trainer/sampler logprobs equal to ~1e-6).
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(spec.model_path, dtype=dtype)
+        model.to(self.device)
+        model.eval()  # no dropout anywhere; LoRA dropout is 0 too
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.base: PreTrainedModel = model
+        self.peft: PeftModel | None = None
+        self.vocab_size: int = int(model.config.vocab_size)
+        self.eos_token_id: int | None = self.tokenizer.eos_token_id
+        logger.info("loaded base model %s from %s on %s", spec.model_name, spec.model_path, self.device)
+
+    # -- adapters ---------------------------------------------------------
+
+    def add_adapter(self, name: str, spec: LoraSpec) -> None:
+        """Attach a fresh LoRA adapter (B = 0, so it starts as the base model)."""
+        if spec.rank < 1 or spec.rank > self.spec.max_lora_rank:
+            raise UserInputError(
+                f"LoRA rank {spec.rank} is out of range for {self.spec.model_name} "
+                f"(1..{self.spec.max_lora_rank})"
+            )
+        config = lora_config_for(spec)
+        with self.lock, torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            if spec.seed is not None:
+                torch.manual_seed(spec.seed)
+            if self.peft is None:
+                self.peft = get_peft_model(self.base, config, adapter_name=name)
+            else:
+                self.peft.add_adapter(name, config)
+        # peft creates adapter weights in the base dtype; train them in fp32.
+        for p in self.adapter_parameters(name).values():
+            p.data = p.data.float()
+
+    def has_adapter(self, name: str) -> bool:
+        return self.peft is not None and name in self.peft.peft_config
+
+    def adapter_parameters(self, name: str) -> dict[str, torch.nn.Parameter]:
+        """The adapter's parameters by (adapter-independent) name, in a stable order."""
+        assert self.peft is not None
+        marker = f".{name}."
+        params = {
+            n.replace(marker, "."): p for n, p in self.peft.named_parameters() if marker in n
+        }
+        return dict(sorted(params.items()))
+
+    def remove_adapter(self, name: str) -> None:
+        with self.lock:
+            if self.has_adapter(name):
+                assert self.peft is not None
+                self.peft.delete_adapter(name)
+
+    @contextmanager
+    def use(self, adapter: str | None) -> Iterator[torch.nn.Module]:
+        """Hold the model lock with ``adapter`` active (None = the plain base model)."""
+        with self.lock:
+            if adapter is None:
+                if self.peft is None:
+                    yield self.base
+                else:
+                    with self.peft.disable_adapter():
+                        yield self.peft
+                return
+            assert self.peft is not None and adapter in self.peft.peft_config, adapter
+            self.peft.set_adapter(adapter)
+            # set_adapter flips requires_grad on; the base stays frozen regardless.
+            yield self.peft
+
+    # -- validation -------------------------------------------------------
+
+    def check_tokens(self, tokens: list[int], what: str) -> None:
+        if not tokens:
+            raise UserInputError(f"{what} is empty")
+        bad = [t for t in tokens if not 0 <= t < self.vocab_size]
+        if bad:
+            raise UserInputError(
+                f"{what} has token id {bad[0]} outside the vocabulary of "
+                f"{self.spec.model_name} (0..{self.vocab_size - 1})"
+            )
+        if len(tokens) > self.spec.max_model_len:
+            raise UserInputError(
+                f"{what} has {len(tokens)} tokens, more than max_model_len "
+                f"{self.spec.max_model_len} of {self.spec.model_name}"
+            )

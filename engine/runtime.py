@@ -1,0 +1,71 @@
+"""The narrow interface the server's workers use: one ``Engine`` per process.
+
+It owns the loaded base models (each loaded once, on first use, and shared by
+every tenant's adapters), the training runs and the samplers. Workers call it
+with ``engine.types`` values only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from engine.model_host import ModelHost
+from engine.sampling import HFSampler
+from engine.training import TrainingEngine
+from engine.types import AdamSpec, BaseModelSpec, ForwardBackwardResult, ForwardBackwardSpec, LoraSpec, SampleResult, SampleSpec, UserInputError
+
+logger = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, models: list[BaseModelSpec]) -> None:
+        self.specs = {m.model_name: m for m in models}
+        self._hosts: dict[str, ModelHost] = {}
+        self._samplers: dict[str, HFSampler] = {}
+        self._load_lock = threading.Lock()
+        self.training = TrainingEngine(self._hosts)
+
+    def host(self, model_name: str) -> ModelHost:
+        """The loaded base model, loading it on first use."""
+        with self._load_lock:
+            if model_name not in self._hosts:
+                if model_name not in self.specs:
+                    raise UserInputError(
+                        f"unknown base model {model_name!r}; supported: {', '.join(sorted(self.specs))}"
+                    )
+                self._hosts[model_name] = ModelHost(self.specs[model_name])
+                self._samplers[model_name] = HFSampler(self._hosts[model_name])
+            return self._hosts[model_name]
+
+    # Training -------------------------------------------------------------
+
+    def create_run(self, run_id: str, model_name: str, lora: LoraSpec) -> None:
+        self.host(model_name)
+        self.training.create_run(run_id, model_name, lora)
+
+    def has_run(self, run_id: str) -> bool:
+        return self.training.has_run(run_id)
+
+    def release_run(self, run_id: str) -> None:
+        self.training.release_run(run_id)
+
+    def forward_backward(self, specs: list[ForwardBackwardSpec]) -> list[ForwardBackwardResult]:
+        return self.training.forward_backward(specs)
+
+    def optim_step(self, run_id: str, adam: AdamSpec) -> dict[str, float]:
+        return self.training.optim_step(run_id, adam)
+
+    def save(self, run_id: str, directory: Path, with_optimizer: bool, overwrite: bool = False) -> int:
+        return self.training.save(run_id, directory, with_optimizer, overwrite)
+
+    def load(self, run_id: str, model_name: str, directory: Path, with_optimizer: bool) -> LoraSpec:
+        self.host(model_name)
+        return self.training.load(run_id, model_name, directory, with_optimizer)
+
+    # Sampling -------------------------------------------------------------
+
+    def sample(self, model_name: str, adapter_dir: Path | None, spec: SampleSpec) -> SampleResult:
+        self.host(model_name)
+        return self._samplers[model_name].sample(adapter_dir, spec)

@@ -1,0 +1,301 @@
+"""LoRA training runs: forward/backward, AdamW steps, save and load.
+
+Each run owns one named adapter on its base model's ``ModelHost`` and one
+AdamW optimizer over exactly that adapter's parameters, so runs on the same
+base model never touch each other's weights, gradients or optimizer state.
+Gradients accumulate over forward_backward calls until optim_step applies and
+clears them, as the Tinker API specifies.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from engine import checkpoints, losses
+from engine.model_host import ModelHost
+from engine.types import (
+    AdamSpec,
+    Datum,
+    EngineError,
+    ForwardBackwardResult,
+    ForwardBackwardSpec,
+    LoraSpec,
+    Tensor,
+    UserInputError,
+)
+
+logger = logging.getLogger(__name__)
+
+# Client inputs that are per-token float arrays shaped like target_tokens.
+FLOAT_INPUTS = ("weights", "advantages", "logprobs", "clip_low_threshold", "clip_high_threshold")
+
+
+@dataclass
+class RunState:
+    run_id: str
+    host: ModelHost
+    adapter: str
+    lora: LoraSpec
+    optimizer: torch.optim.AdamW
+    step: int = 0
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return list(self.host.adapter_parameters(self.adapter).values())
+
+
+def _adapter_name(run_id: str) -> str:
+    # peft adapter names become attribute keys: keep them simple and long enough
+    # not to collide with peft's own "lora_" prefixes.
+    return "run_" + "".join(c if c.isalnum() else "_" for c in run_id)
+
+
+class TrainingEngine:
+    """All training runs of one worker process."""
+
+    def __init__(self, hosts: dict[str, ModelHost]) -> None:
+        self.hosts = hosts
+        self.runs: dict[str, RunState] = {}
+
+    # -- lifecycle --------------------------------------------------------
+
+    def host_for(self, model_name: str) -> ModelHost:
+        if model_name not in self.hosts:
+            raise UserInputError(
+                f"unknown base model {model_name!r}; supported: {', '.join(sorted(self.hosts))}"
+            )
+        return self.hosts[model_name]
+
+    def create_run(self, run_id: str, model_name: str, lora: LoraSpec) -> None:
+        """Attach a fresh adapter and optimizer for ``run_id`` (idempotent)."""
+        if run_id in self.runs:
+            return
+        host = self.host_for(model_name)
+        adapter = _adapter_name(run_id)
+        host.add_adapter(adapter, lora)
+        params = list(host.adapter_parameters(adapter).values())
+        optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
+        self.runs[run_id] = RunState(run_id, host, adapter, lora, optimizer)
+        logger.info("created run %s on %s (rank %d)", run_id, model_name, lora.rank)
+
+    def has_run(self, run_id: str) -> bool:
+        return run_id in self.runs
+
+    def release_run(self, run_id: str) -> None:
+        """Free a run's adapter and optimizer (its checkpoints stay on disk)."""
+        state = self.runs.pop(run_id, None)
+        if state is not None:
+            state.host.remove_adapter(state.adapter)
+            logger.info("released run %s", run_id)
+
+    def _run(self, run_id: str) -> RunState:
+        try:
+            return self.runs[run_id]
+        except KeyError:
+            raise EngineError(f"training run {run_id!r} is not loaded in this worker") from None
+
+    # -- forward / backward -----------------------------------------------
+
+    def forward_backward(self, specs: list[ForwardBackwardSpec]) -> list[ForwardBackwardResult]:
+        """Run a batch of requests, possibly from several runs, in order.
+
+        One entry point for many runs so that cross-run batching can be added
+        here without changing callers; today each request is its own pass.
+        """
+        return [self._forward_backward_one(spec) for spec in specs]
+
+    def _forward_backward_one(self, spec: ForwardBackwardSpec) -> ForwardBackwardResult:
+        run = self._run(spec.run_id)
+        host = run.host
+        loss_fn = losses.get_loss(spec.loss_fn)
+        batch = _Batch.build(spec.data, host, losses.REQUIRED_INPUTS[spec.loss_fn])
+        with host.use(run.adapter) as model, torch.set_grad_enabled(not spec.forward_only):
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            logprobs_all = torch.log_softmax(logits.float(), dim=-1)
+            targets = batch.targets
+            if targets.dim() == 2:
+                logprobs = logprobs_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            else:
+                logprobs = logprobs_all.gather(-1, targets)
+            out = loss_fn(losses.LossInputs(logprobs, batch.mask, batch.inputs, spec.loss_fn_config))
+            if not spec.forward_only:
+                out.loss.backward()
+        outputs = []
+        lp = logprobs.detach().cpu()
+        el = out.elementwise.detach().cpu()
+        for i, n in enumerate(batch.lengths):
+            outputs.append({
+                "logprobs": _tensor(lp[i, :n]),
+                "elementwise_loss": _tensor(el[i, :n]),
+            })
+        metrics = {"loss:sum": float(out.loss.detach()), **out.metrics}
+        return ForwardBackwardResult(outputs=outputs, metrics=metrics)
+
+    # -- optimizer --------------------------------------------------------
+
+    def optim_step(self, run_id: str, adam: AdamSpec) -> dict[str, float]:
+        """Apply accumulated gradients with AdamW, then clear them."""
+        for name, value in asdict(adam).items():
+            if value < 0 or value != value:
+                raise UserInputError(f"adam_params.{name} must be a non-negative number, got {value}")
+        if not (0 <= adam.beta1 < 1 and 0 <= adam.beta2 < 1):
+            raise UserInputError("adam_params.beta1 and beta2 must be in [0, 1)")
+        run = self._run(run_id)
+        params = run.params
+        with run.host.lock:
+            for group in run.optimizer.param_groups:
+                group["lr"] = adam.learning_rate
+                group["betas"] = (adam.beta1, adam.beta2)
+                group["eps"] = adam.eps
+                group["weight_decay"] = adam.weight_decay
+            grads = [p.grad for p in params if p.grad is not None]
+            grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
+            if adam.grad_clip_norm > 0 and grads:
+                torch.nn.utils.clip_grad_norm_(params, adam.grad_clip_norm)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.step += 1
+        return {"grad_norm:mean": grad_norm, "learning_rate:mean": adam.learning_rate, "step:max": float(run.step)}
+
+    # -- checkpoints ------------------------------------------------------
+
+    def save(self, run_id: str, directory: Path, with_optimizer: bool, overwrite: bool = False) -> int:
+        """Write the run's adapter (and optimizer) as a PEFT checkpoint; return its size in bytes."""
+        run = self._run(run_id)
+        host = run.host
+        with host.lock, checkpoints.atomic_directory(directory, overwrite) as tmp:
+            assert host.peft is not None
+            state = get_peft_model_state_dict(host.peft, adapter_name=run.adapter, save_embedding_layers=False)
+            save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()},
+                      str(tmp / checkpoints.ADAPTER_WEIGHTS), metadata={"format": "pt"})
+            config = host.peft.peft_config[run.adapter]
+            config.base_model_name_or_path = host.spec.model_path
+            config.save_pretrained(str(tmp))
+            if with_optimizer:
+                torch.save({"optimizer": run.optimizer.state_dict(), "step": run.step},
+                           tmp / checkpoints.OPTIMIZER_STATE)
+            checkpoints.write_meta(tmp, {
+                "base_model": host.spec.model_name,
+                "lora": asdict(run.lora),
+                "step": run.step,
+                "has_optimizer": with_optimizer,
+            })
+        return checkpoints.directory_size(directory)
+
+    def load(self, run_id: str, model_name: str, directory: Path, with_optimizer: bool) -> LoraSpec:
+        """Create ``run_id`` (if needed) and load a checkpoint's weights (and optimizer) into it."""
+        if not (directory / checkpoints.ADAPTER_WEIGHTS).exists():
+            raise UserInputError(f"checkpoint {directory.name!r} has no adapter weights")
+        lora = checkpoints.lora_spec_from_checkpoint(directory)
+        meta = checkpoints.read_meta(directory)
+        existing = self.runs.get(run_id)
+        if existing is not None and _shape(existing.lora) != _shape(lora):
+            raise UserInputError("checkpoint LoRA config does not match this training run")
+        self.create_run(run_id, model_name, lora)
+        run = self.runs[run_id]
+        state = load_file(str(directory / checkpoints.ADAPTER_WEIGHTS))
+        with run.host.lock:
+            assert run.host.peft is not None
+            result = set_peft_model_state_dict(run.host.peft, state, adapter_name=run.adapter)
+            if getattr(result, "unexpected_keys", None):
+                raise UserInputError("checkpoint does not fit this base model: unexpected adapter weights")
+            for p in run.params:
+                p.grad = None
+            if with_optimizer:
+                opt_path = directory / checkpoints.OPTIMIZER_STATE
+                if not opt_path.exists():
+                    raise UserInputError(f"checkpoint {directory.name!r} has no optimizer state")
+                saved = torch.load(opt_path, map_location=run.host.device, weights_only=True)
+                run.optimizer.load_state_dict(saved["optimizer"])
+                run.step = int(saved.get("step", meta.get("step", 0)))
+            else:
+                run.optimizer.state.clear()
+                run.step = 0
+        return lora
+
+
+def _shape(lora: LoraSpec) -> tuple[int, bool, bool, bool]:
+    """What must agree for weights to load into an adapter (the seed need not)."""
+    return (lora.rank, lora.train_attn, lora.train_mlp, lora.train_unembed)
+
+
+def _tensor(t: torch.Tensor) -> Tensor:
+    return Tensor(data=t.reshape(-1).tolist(), shape=list(t.shape), dtype="float32")
+
+
+@dataclass
+class _Batch:
+    """A padded batch: right-padded so padding never influences real positions."""
+
+    input_ids: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor  # [B, T]
+    targets: torch.Tensor  # [B, T] or [B, T, K]
+    mask: torch.Tensor  # [B, T] float
+    inputs: dict[str, torch.Tensor]  # [B, T] (or [B, T, K]) float
+    lengths: list[int]
+
+    @staticmethod
+    def build(data: list[Datum], host: ModelHost, required: tuple[str, ...]) -> "_Batch":
+        if not data:
+            raise UserInputError("forward_backward needs at least one datum")
+        device = host.device
+        lengths = [len(d.tokens) for d in data]
+        B, T = len(data), max(lengths)
+        k_dims = set()
+        for i, d in enumerate(data):
+            host.check_tokens(d.tokens, f"datum {i} model_input")
+            target = d.loss_fn_inputs.get("target_tokens")
+            if target is None:
+                raise UserInputError(f"datum {i} is missing loss_fn_inputs['target_tokens']")
+            if not target.shape or target.shape[0] != len(d.tokens) or len(target.shape) > 2:
+                raise UserInputError(
+                    f"datum {i}: target_tokens has shape {target.shape} but model_input has "
+                    f"{len(d.tokens)} tokens (target_tokens must be [{len(d.tokens)}] or [{len(d.tokens)}, K])"
+                )
+            k_dims.add(tuple(target.shape[1:]))
+            bad = [t for t in target.data if not 0 <= int(t) < host.vocab_size]
+            if bad:
+                raise UserInputError(f"datum {i}: target token id {bad[0]} is outside the vocabulary (0..{host.vocab_size - 1})")
+            for name in required:
+                if name not in d.loss_fn_inputs:
+                    raise UserInputError(f"datum {i} is missing loss_fn_inputs[{name!r}] required by this loss")
+            for name, value in d.loss_fn_inputs.items():
+                if name != "target_tokens" and list(value.shape) != list(target.shape):
+                    raise UserInputError(
+                        f"datum {i}: loss_fn_inputs[{name!r}] has shape {value.shape}, expected {target.shape}"
+                    )
+        if len(k_dims) > 1:
+            raise UserInputError("all data in one request must have target_tokens of the same rank")
+        trailing = list(next(iter(k_dims)))
+        input_ids = torch.zeros(B, T, dtype=torch.long)
+        attention = torch.zeros(B, T, dtype=torch.long)
+        targets = torch.zeros(B, T, *trailing, dtype=torch.long)
+        names = sorted({n for d in data for n in d.loss_fn_inputs if n != "target_tokens"})
+        inputs = {n: torch.zeros(B, T, *trailing, dtype=torch.float32) for n in names}
+        for i, d in enumerate(data):
+            n = lengths[i]
+            input_ids[i, :n] = torch.tensor(d.tokens, dtype=torch.long)
+            attention[i, :n] = 1
+            t = d.loss_fn_inputs["target_tokens"]
+            targets[i, :n] = torch.tensor(t.data, dtype=torch.long).reshape(t.shape)
+            for name in names:
+                if name in d.loss_fn_inputs:
+                    v = d.loss_fn_inputs[name]
+                    inputs[name][i, :n] = torch.tensor(v.data, dtype=torch.float32).reshape(v.shape)
+                elif name == "weights":
+                    inputs[name][i, :n] = 1.0
+        # An explicit weights input replaces the default of 1 on real tokens.
+        return _Batch(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            targets=targets.to(device),
+            mask=attention.to(device=device, dtype=torch.float32),
+            inputs={n: v.to(device) for n, v in inputs.items()},
+            lengths=lengths,
+        )

@@ -1,0 +1,95 @@
+"""Sampling sessions and sample requests."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import IntegrityError, transaction
+
+from sampling_app.models import SamplingSession
+from sessions_app.models import ClientSession, Tenant
+from sessions_app.quotas import check_sampling_session_quota, check_token_budget
+from training_app.actions import _enqueue_on_commit, access_readable_checkpoint, new_request_id
+from training_app.models import Checkpoint, Operation
+from tuft_project.exceptions import ApiError, NotFound, RateLimited
+
+logger = logging.getLogger(__name__)
+
+# Pending sample operations one tenant may have queued before we answer 429,
+# which makes the SDK back off and resubmit (never dropping the request).
+MAX_PENDING_SAMPLES_PER_TENANT = 256
+
+
+def access_sampling_session(tenant: Tenant, sampler_id: str) -> SamplingSession:
+    sampler = SamplingSession.objects.filter(tenant=tenant, id=sampler_id).first()
+    if sampler is None:
+        raise NotFound(f"sampler {sampler_id!r} not found")
+    return sampler
+
+
+def check_create_sampling_session(
+    tenant: Tenant, session: ClientSession, seq_id: int, base_model: str | None, model_path: str | None,
+    base_model_names: set[str],
+) -> SamplingSession:
+    sampler_id = f"{session.id}:sample:{seq_id}"
+    existing = SamplingSession.objects.filter(tenant=tenant, id=sampler_id).first()
+    if existing is not None:
+        return existing
+    checkpoint = None
+    if model_path:
+        checkpoint = access_readable_checkpoint(tenant, model_path)
+        base = checkpoint.training_run.base_model
+        if base_model and base_model != base:
+            raise ApiError(f"checkpoint {model_path} is for base model {base}, not {base_model}")
+    elif base_model:
+        if base_model not in base_model_names:
+            raise ApiError(f"unknown base model {base_model!r}; supported: {', '.join(sorted(base_model_names))}")
+        base = base_model
+    else:
+        raise ApiError("create_sampling_session needs model_path or base_model")
+    check_sampling_session_quota(tenant)
+    try:
+        return SamplingSession.objects.create(
+            id=sampler_id, tenant=tenant, session=session, sampling_session_seq_id=seq_id,
+            base_model=base, model_path=model_path or "", checkpoint=checkpoint,
+        )
+    except IntegrityError:
+        return SamplingSession.objects.get(id=sampler_id)
+
+
+def do_create_sampling_session_for_checkpoint(session: ClientSession, seq_id: int, ckpt: Checkpoint) -> SamplingSession:
+    sampler, _ = SamplingSession.objects.get_or_create(
+        id=f"{session.id}:sample:{seq_id}",
+        defaults=dict(
+            tenant_id=session.tenant_id, session=session, sampling_session_seq_id=seq_id,
+            base_model=ckpt.training_run.base_model, model_path=ckpt.tinker_path, checkpoint=ckpt,
+        ),
+    )
+    return sampler
+
+
+def check_submit_sample(tenant: Tenant, sampler: SamplingSession, seq_id: int, request: dict[str, Any],
+                        prompt_tokens: int, max_tokens: int) -> Operation:
+    """Record a sample operation; a resubmitted ``(sampler, seq_id)`` gets the same future."""
+    existing = Operation.objects.filter(sampling_session=sampler, seq_id=seq_id).first()
+    if existing is not None:
+        return existing
+    if sampler.session.status != ClientSession.Status.ACTIVE:
+        raise NotFound(f"sampler {sampler.id!r} belongs to a closed session")
+    check_token_budget(tenant, "sample", prompt_tokens + max_tokens)
+    pending = Operation.objects.filter(
+        tenant=tenant, kind=Operation.Kind.SAMPLE, status__in=[Operation.Status.PENDING, Operation.Status.RUNNING]
+    ).count()
+    if pending >= MAX_PENDING_SAMPLES_PER_TENANT:
+        raise RateLimited(f"{pending} sample requests already queued for this tenant; retry shortly", retry_after=1)
+    try:
+        with transaction.atomic():
+            op = Operation.objects.create(
+                request_id=new_request_id(), tenant=tenant, kind=Operation.Kind.SAMPLE,
+                sampling_session=sampler, seq_id=seq_id, request=request,
+            )
+            _enqueue_on_commit(op, None)
+    except IntegrityError:
+        return Operation.objects.get(sampling_session=sampler, seq_id=seq_id)
+    return op

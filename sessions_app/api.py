@@ -1,0 +1,31 @@
+"""The base view every Tinker API endpoint builds on: one tenant gate, typed bodies."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import pydantic
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from sessions_app.models import Tenant
+from tuft_project.exceptions import BadRequest
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+class TenantAPIView(APIView):
+    """Authenticated by X-API-Key (see ``ApiKeyAuthentication``); ``self.tenant`` is the caller."""
+
+    request: Request
+
+    @property
+    def tenant(self) -> Tenant:
+        return self.request.user  # type: ignore[return-value]
+
+    def parse(self, model: type[M]) -> M:
+        """Validate the JSON body with the SDK's own pydantic request type."""
+        data: Any = self.request.data
+        if not isinstance(data, dict):
+            raise BadRequest("request body must be a JSON object")
+        return model.model_validate(data)

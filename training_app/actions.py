@@ -1,0 +1,203 @@
+"""Domain actions of training: runs, their ordered operations, checkpoints.
+
+Zulip verbs: ``access_*`` fetch under a tenant check (another tenant's object is
+a 404, never a 403, so ids leak nothing); ``check_*`` validate and then do;
+``do_*`` write.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any, Callable
+
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from engine.types import UserInputError
+from sessions_app.models import ClientSession, Tenant
+from training_app import dispatch_registry
+from training_app.checkpoint_paths import TinkerPath, parse_tinker_path
+from training_app.models import Checkpoint, Operation, TrainingRun
+from tuft_project.exceptions import ApiError, NotFound
+
+logger = logging.getLogger(__name__)
+
+
+def new_request_id() -> str:
+    return "req-" + secrets.token_hex(12)
+
+
+def access_run(tenant: Tenant, run_id: str) -> TrainingRun:
+    run = TrainingRun.objects.filter(tenant=tenant, id=run_id).first()
+    if run is None:
+        raise NotFound(f"training run {run_id!r} not found")
+    return run
+
+
+def access_operation(tenant: Tenant, request_id: str) -> Operation:
+    op = Operation.objects.filter(tenant=tenant, request_id=request_id).first()
+    if op is None:
+        raise NotFound(f"future {request_id!r} not found")
+    return op
+
+
+def access_readable_checkpoint(tenant: Tenant, tinker_path: str) -> Checkpoint:
+    """A checkpoint the tenant may load or sample: its own, or one published by anyone."""
+    parse_tinker_path(tinker_path)
+    ckpt = (
+        Checkpoint.objects.filter(tinker_path=tinker_path)
+        .filter(Q(tenant=tenant) | Q(public=True))
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
+        .select_related("training_run")
+        .first()
+    )
+    if ckpt is None:
+        raise NotFound(f"checkpoint {tinker_path!r} not found")
+    return ckpt
+
+
+def _enqueue_on_commit(op: Operation, run: TrainingRun | None) -> None:
+    request_id = op.request_id
+    if run is not None:
+        run_id, seq_id, next_seq = run.id, int(op.seq_id or 0), run.next_seq_id
+        transaction.on_commit(
+            lambda: dispatch_registry.get_dispatcher().submit_training(request_id, run_id, seq_id, next_seq)
+        )
+    else:
+        transaction.on_commit(lambda: dispatch_registry.get_dispatcher().submit_sampling(request_id))
+
+
+def check_create_model(tenant: Tenant, session: ClientSession, body: Any, base_model_names: set[str]) -> Operation:
+    """Record a new training run (seq 0 = its creation) or return the existing future."""
+    run_id = f"{session.id}:train:{body.model_seq_id}"
+    existing = Operation.objects.filter(tenant=tenant, training_run_id=run_id, seq_id=0).first()
+    if existing is not None:
+        return existing
+    if body.base_model not in base_model_names:
+        raise ApiError(f"unknown base model {body.base_model!r}; supported: {', '.join(sorted(base_model_names))}")
+    lora = body.lora_config
+    optimizer_type = getattr(body.optimizer_config, "type", "adamw") if body.optimizer_config else "adamw"
+    if optimizer_type != "adamw":
+        raise ApiError(f"optimizer {optimizer_type!r} is not supported; use adamw")
+    from sessions_app.quotas import check_training_run_quota
+
+    check_training_run_quota(tenant, lora.rank)
+    try:
+        with transaction.atomic():
+            run = TrainingRun.objects.create(
+                id=run_id, tenant=tenant, session=session, model_seq_id=body.model_seq_id,
+                base_model=body.base_model, lora_rank=lora.rank, lora_seed=lora.seed,
+                train_mlp=lora.train_mlp, train_attn=lora.train_attn, train_unembed=lora.train_unembed,
+                user_metadata=dict(body.user_metadata or {}),
+            )
+            op = Operation.objects.create(
+                request_id=new_request_id(), tenant=tenant, kind=Operation.Kind.CREATE_MODEL,
+                training_run=run, seq_id=0, request=body.model_dump(mode="json"),
+            )
+            _enqueue_on_commit(op, run)
+    except IntegrityError:  # a concurrent retry created it first
+        return Operation.objects.get(tenant=tenant, training_run_id=run_id, seq_id=0)
+    return op
+
+
+def check_submit_run_op(
+    tenant: Tenant,
+    run: TrainingRun,
+    kind: str,
+    seq_id: int,
+    request: dict[str, Any],
+    blob: bytes | None = None,
+    validate: Callable[[], None] | None = None,
+) -> Operation:
+    """Record an operation of ``run`` with ``seq_id`` and hand it to dispatch.
+
+    Idempotent: a resubmitted ``(run, seq_id)`` returns the existing future. If
+    ``validate`` rejects the input, the operation is recorded as failed (category
+    ``user``) instead of answering 4xx: its seq_id must still be consumed, or
+    every later operation of the run would wait for it forever.
+    """
+    existing = Operation.objects.filter(training_run=run, seq_id=seq_id).first()
+    if existing is not None:
+        return existing
+    if run.released:
+        raise NotFound(f"training run {run.id!r} has been released (its session ended)")
+    error = ""
+    if validate is not None:
+        try:
+            validate()
+        except (UserInputError, ApiError) as exc:
+            error = str(exc)
+    try:
+        with transaction.atomic():
+            op = Operation.objects.create(
+                request_id=new_request_id(), tenant=tenant, kind=kind, training_run=run, seq_id=seq_id,
+                request=request, request_blob=blob,
+                status=Operation.Status.FAILED if error else Operation.Status.PENDING,
+                error=error, error_category="user" if error else "",
+                finished_at=timezone.now() if error else None,
+            )
+            TrainingRun.objects.filter(pk=run.pk).update(last_request_at=timezone.now())
+            _enqueue_on_commit(op, run)
+    except IntegrityError:
+        return Operation.objects.get(training_run=run, seq_id=seq_id)
+    return op
+
+
+def check_create_run_from_checkpoint(tenant: Tenant, session: ClientSession, body: Any) -> Operation:
+    """create_training_client_from_state*: a new run whose seq 0 loads a checkpoint."""
+    from engine.checkpoints import lora_spec_from_checkpoint
+    from training_app.checkpoint_paths import absolute
+
+    run_id = f"{session.id}:train:{body.model_seq_id}"
+    existing = Operation.objects.filter(tenant=tenant, training_run_id=run_id, seq_id=0).first()
+    if existing is not None:
+        return existing
+    ckpt = access_readable_checkpoint(tenant, body.path)
+    if ckpt.kind != Checkpoint.Kind.TRAINING:
+        raise ApiError("load_weights needs a training checkpoint (tinker://.../weights/...), not sampler weights")
+    lora = lora_spec_from_checkpoint(absolute(ckpt.storage_path))
+    from sessions_app.quotas import check_training_run_quota
+
+    check_training_run_quota(tenant, lora.rank)
+    try:
+        with transaction.atomic():
+            run = TrainingRun.objects.create(
+                id=run_id, tenant=tenant, session=session, model_seq_id=body.model_seq_id,
+                base_model=ckpt.training_run.base_model, lora_rank=lora.rank, lora_seed=lora.seed,
+                train_mlp=lora.train_mlp, train_attn=lora.train_attn, train_unembed=lora.train_unembed,
+                user_metadata=dict(body.user_metadata or {}),
+            )
+            op = Operation.objects.create(
+                request_id=new_request_id(), tenant=tenant, kind=Operation.Kind.LOAD_WEIGHTS,
+                training_run=run, seq_id=0, request=body.model_dump(mode="json"),
+            )
+            _enqueue_on_commit(op, run)
+    except IntegrityError:
+        return Operation.objects.get(tenant=tenant, training_run_id=run_id, seq_id=0)
+    return op
+
+
+def do_release_runs_of_session(session: ClientSession) -> None:
+    """Mark the session's runs released; their adapters are freed by the worker."""
+    run_ids = list(session.training_runs.filter(released=False).values_list("id", flat=True))
+    TrainingRun.objects.filter(id__in=run_ids).update(released=True)
+    for run_id in run_ids:
+        transaction.on_commit(lambda run_id=run_id: dispatch_registry.get_dispatcher().release_run(run_id))
+
+
+def do_record_checkpoint(
+    run: TrainingRun, path: TinkerPath, storage_path: str, size_bytes: int,
+    ttl_seconds: int | None, user_metadata: dict[str, Any] | None,
+) -> Checkpoint:
+    expires_at = timezone.now() + timezone.timedelta(seconds=ttl_seconds) if ttl_seconds else None
+    ckpt, _ = Checkpoint.objects.update_or_create(
+        tinker_path=str(path),
+        defaults=dict(
+            tenant_id=run.tenant_id, training_run=run, kind=path.kind, name=path.name,
+            storage_path=storage_path, size_bytes=size_bytes, expires_at=expires_at,
+            user_metadata=dict(user_metadata or {}), created_at=timezone.now(),
+        ),
+    )
+    return ckpt

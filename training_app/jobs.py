@@ -1,0 +1,238 @@
+"""Executing operations: load the spec → call the engine → save the result.
+
+``EngineExecutor.execute(request_id)`` is what a worker (embedded thread or RQ
+job) runs for one operation. Handlers are registered per operation kind with
+``@handles``; sampling_app registers its own. The executor owns the process's
+``Engine``, created on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+from tinker import types as T
+
+from engine.runtime import Engine
+from engine.types import AdamSpec, EngineError, ForwardBackwardSpec, LoraSpec, UserInputError
+from training_app import protocol
+from training_app.checkpoint_paths import TinkerPath, absolute, check_name, storage_relpath
+from training_app.futures import completion_hub
+from training_app.models import Checkpoint, Operation, TrainingRun
+from tuft_project.exceptions import ApiError
+from tuft_project.runtime import get_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    result: dict[str, Any] | None = None
+    blob: bytes | None = None  # protobuf result
+    num_tokens: int = 0  # tokens through the model (training), for usage accounting
+    prefill_tokens: int = 0  # sampling: prompt tokens
+    sampled_tokens: int = 0  # sampling: generated tokens
+
+
+Handler = Callable[[Engine, Operation], Outcome]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(kind: str) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        HANDLERS[kind] = fn
+        return fn
+
+    return deco
+
+
+class EngineExecutor:
+    """Runs operations against this process's engine."""
+
+    def __init__(self) -> None:
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = Engine(get_config().models)
+            return self._engine
+
+    def execute(self, request_id: str) -> None:
+        close_old_connections()
+        try:
+            op = Operation.objects.select_related("training_run", "sampling_session", "tenant").get(pk=request_id)
+        except Operation.DoesNotExist:
+            logger.error("operation %s vanished before it ran", request_id)
+            return
+        if op.is_done:  # failed at submission: only its place in the order remains
+            _advance_run(op)
+            completion_hub.notify(op.request_id)
+            return
+        Operation.objects.filter(pk=op.pk).update(status=Operation.Status.RUNNING, started_at=timezone.now())
+        try:
+            run = op.training_run
+            if run is not None and op.kind != Operation.Kind.CREATE_MODEL and op.seq_id != 0:
+                if run.released:
+                    raise UserInputError(f"training run {run.id} was released when its session ended")
+                if not self.engine.has_run(run.id):
+                    raise EngineError(f"training run {run.id} is not loaded (the server restarted?)")
+            outcome = HANDLERS[op.kind](self.engine, op)
+        except EngineError as exc:
+            _finish(op, error=str(exc), category="user" if exc.user else "server")
+        except ApiError as exc:  # e.g. a checkpoint that is not (or no longer) accessible
+            _finish(op, error=exc.detail, category="user")
+        except Exception as exc:
+            logger.exception("operation %s (%s) of tenant %s failed", op.request_id, op.kind, op.tenant_id)
+            _finish(op, error=f"internal error: {type(exc).__name__}: {exc}", category="server")
+        else:
+            _finish(op, outcome=outcome)
+        finally:
+            close_old_connections()
+
+    def release_run(self, run_id: str) -> None:
+        if self._engine is not None:
+            self._engine.release_run(run_id)
+
+
+def _advance_run(op: Operation) -> None:
+    if op.training_run_id is not None and op.seq_id is not None:
+        TrainingRun.objects.filter(pk=op.training_run_id, next_seq_id__lte=op.seq_id).update(next_seq_id=op.seq_id + 1)
+
+
+def _finish(op: Operation, outcome: Outcome | None = None, error: str = "", category: str = "") -> None:
+    with transaction.atomic():
+        if outcome is not None:
+            Operation.objects.filter(pk=op.pk).update(
+                status=Operation.Status.COMPLETED, result=outcome.result, result_blob=outcome.blob,
+                num_tokens=outcome.num_tokens, finished_at=timezone.now(),
+            )
+        else:
+            logger.info("operation %s (%s) failed [%s]: %s", op.request_id, op.kind, category, error)
+            Operation.objects.filter(pk=op.pk).update(
+                status=Operation.Status.FAILED, error=error, error_category=category, finished_at=timezone.now(),
+            )
+        _advance_run(op)
+        from sessions_app.usage import record_operation_usage
+
+        record_operation_usage(op, outcome)
+    completion_hub.notify(op.request_id)
+
+
+# -- handlers ------------------------------------------------------------------
+
+
+def _lora(run: TrainingRun) -> LoraSpec:
+    return LoraSpec(
+        rank=run.lora_rank, seed=run.lora_seed, train_mlp=run.train_mlp,
+        train_attn=run.train_attn, train_unembed=run.train_unembed,
+    )
+
+
+@handles(Operation.Kind.CREATE_MODEL)
+def _create_model(engine: Engine, op: Operation) -> Outcome:
+    run = op.training_run
+    assert run is not None
+    engine.create_run(run.id, run.base_model, _lora(run))
+    TrainingRun.objects.filter(pk=run.pk).update(ready=True)
+    return Outcome(result={"model_id": run.id, "type": "create_model"})
+
+
+def _forward_backward(engine: Engine, op: Operation) -> Outcome:
+    run = op.training_run
+    assert run is not None and op.request_blob is not None
+    call = protocol.decode_forward_backward(bytes(op.request_blob))
+    spec = ForwardBackwardSpec(
+        run_id=run.id, data=call.data, loss_fn=call.loss_fn,
+        loss_fn_config=call.loss_fn_config, forward_only=call.forward_only,
+    )
+    result = engine.forward_backward([spec])[0]
+    tokens = sum(len(d.tokens) for d in call.data)
+    return Outcome(blob=protocol.encode_forward_backward_output(result), num_tokens=tokens)
+
+
+handles(Operation.Kind.FORWARD_BACKWARD)(_forward_backward)
+handles(Operation.Kind.FORWARD)(_forward_backward)
+
+
+@handles(Operation.Kind.OPTIM_STEP)
+def _optim_step(engine: Engine, op: Operation) -> Outcome:
+    body = T.OptimStepRequest.model_validate(op.request)
+    params = body.optim_params
+    if not isinstance(params, T.AdamParams):
+        raise UserInputError("only AdamW (adam_params) is supported")
+    adam = AdamSpec(
+        learning_rate=params.learning_rate, beta1=params.beta1, beta2=params.beta2,
+        eps=params.eps, weight_decay=params.weight_decay, grad_clip_norm=params.grad_clip_norm,
+    )
+    assert op.training_run is not None
+    metrics = engine.optim_step(op.training_run.id, adam)
+    return Outcome(result={"metrics": metrics, "type": "optim_step"})
+
+
+def _save(engine: Engine, op: Operation, kind: str, name: str, with_optimizer: bool, overwrite: bool) -> Checkpoint:
+    from sessions_app.quotas import check_checkpoint_storage
+
+    run = op.training_run
+    assert run is not None
+    path = TinkerPath(run.id, kind, check_name(name))
+    check_checkpoint_storage(op.tenant)
+    rel = storage_relpath(op.tenant_id, path)
+    size = engine.save(run.id, absolute(rel), with_optimizer=with_optimizer, overwrite=overwrite)
+    from training_app.actions import do_record_checkpoint
+
+    return do_record_checkpoint(
+        run, path, rel, size, op.request.get("ttl_seconds"), op.request.get("user_metadata"),
+    )
+
+
+@handles(Operation.Kind.SAVE_WEIGHTS)
+def _save_weights(engine: Engine, op: Operation) -> Outcome:
+    body = T.SaveWeightsRequest.model_validate(op.request)
+    ckpt = _save(engine, op, Checkpoint.Kind.TRAINING, body.path or "", True, bool(body.overwrite))
+    return Outcome(result={"path": ckpt.tinker_path, "type": "save_weights"})
+
+
+@handles(Operation.Kind.SAVE_WEIGHTS_FOR_SAMPLER)
+def _save_weights_for_sampler(engine: Engine, op: Operation) -> Outcome:
+    body = T.SaveWeightsForSamplerRequest.model_validate(op.request)
+    if body.path:
+        ckpt = _save(engine, op, Checkpoint.Kind.SAMPLER, body.path, False, True)
+        return Outcome(result={"path": ckpt.tinker_path, "type": "save_weights_for_sampler"})
+    # Unnamed save (save_weights_and_get_sampling_client): a fresh sampler
+    # checkpoint plus the sampling session the SDK will sample from directly.
+    from sampling_app.actions import do_create_sampling_session_for_checkpoint
+
+    if body.sampling_session_seq_id is None:
+        raise UserInputError("save_weights_for_sampler needs a path or a sampling_session_seq_id")
+    ckpt = _save(engine, op, Checkpoint.Kind.SAMPLER, f"auto-{op.request_id}", False, True)
+    run = op.training_run
+    assert run is not None
+    sampler = do_create_sampling_session_for_checkpoint(run.session, body.sampling_session_seq_id, ckpt)
+    return Outcome(result={"sampling_session_id": sampler.id, "path": ckpt.tinker_path,
+                           "type": "save_weights_for_sampler"})
+
+
+@handles(Operation.Kind.LOAD_WEIGHTS)
+def _load_weights(engine: Engine, op: Operation) -> Outcome:
+    from training_app.actions import access_readable_checkpoint
+
+    body = T.LoadWeightsRequest.model_validate(op.request)
+    run = op.training_run
+    assert run is not None
+    ckpt = access_readable_checkpoint(op.tenant, body.path)
+    if ckpt.kind != Checkpoint.Kind.TRAINING:
+        raise UserInputError("load_weights needs a training checkpoint (tinker://.../weights/...)")
+    if ckpt.training_run.base_model != run.base_model:
+        raise UserInputError(
+            f"checkpoint is for base model {ckpt.training_run.base_model}, this run uses {run.base_model}"
+        )
+    engine.load(run.id, run.base_model, absolute(ckpt.storage_path), with_optimizer=bool(body.optimizer))
+    TrainingRun.objects.filter(pk=run.pk).update(ready=True)
+    return Outcome(result={"path": body.path, "model_id": run.id, "type": "load_weights"})

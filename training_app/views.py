@@ -1,0 +1,138 @@
+"""Tinker API: training runs, their ordered operations, and checkpoints."""
+
+from __future__ import annotations
+
+import logging
+
+from rest_framework.parsers import JSONParser
+from rest_framework.response import Response
+from tinker import types as T
+
+from sessions_app.actions import access_active_session
+from sessions_app.api import TenantAPIView
+from sessions_app.quotas import check_token_budget
+from training_app import actions, protocol
+from training_app.checkpoint_paths import check_name, parse_tinker_path
+from training_app.models import Operation
+from training_app.parsers import ProtobufParser
+from tuft_project.exceptions import BadRequest
+from tuft_project.runtime import get_config
+
+logger = logging.getLogger(__name__)
+
+
+def future_response(op: Operation) -> Response:
+    body = {"request_id": op.request_id}
+    if op.training_run_id:
+        body["model_id"] = op.training_run_id
+    return Response(body)
+
+
+def model_names() -> set[str]:
+    return {m.model_name for m in get_config().models}
+
+
+class CreateModelView(TenantAPIView):
+    def post(self, request):  # type: ignore[no-untyped-def]
+        body = self.parse(T.CreateModelRequest)
+        session = access_active_session(self.tenant, body.session_id)
+        op = actions.check_create_model(self.tenant, session, body, model_names())
+        return future_response(op)
+
+
+class GetInfoView(TenantAPIView):
+    def post(self, request):  # type: ignore[no-untyped-def]
+        body = self.parse(T.GetInfoRequest)
+        run = actions.access_run(self.tenant, body.model_id)
+        spec = next((m for m in get_config().models if m.model_name == run.base_model), None)
+        return Response({
+            "type": "get_info",
+            "model_id": run.id,
+            "model_data": {
+                "arch": "lora",
+                "model_name": run.base_model,
+                # A local directory: the SDK's get_tokenizer() loads it offline.
+                "tokenizer_id": spec.model_path if spec else run.base_model,
+            },
+            "optimizer_config": {"type": "adamw"},
+            "is_lora": True,
+            "lora_rank": run.lora_rank,
+            "model_name": run.base_model,
+        })
+
+
+class ForwardBackwardView(TenantAPIView):
+    parser_classes = [ProtobufParser, JSONParser]
+
+    def post(self, request):  # type: ignore[no-untyped-def]
+        blob = request.data
+        if not isinstance(blob, bytes):
+            raise BadRequest("forward_backward expects a protobuf body (Content-Type: application/x-protobuf)")
+        msg = protocol.parse_forward_backward(blob)
+        run = actions.access_run(self.tenant, msg.model_id)
+        kind = Operation.Kind.FORWARD if msg.forward_only else Operation.Kind.FORWARD_BACKWARD
+
+        def validate() -> None:
+            call = protocol.decode_forward_backward(blob)
+            check_token_budget(self.tenant, "train", sum(len(d.tokens) for d in call.data))
+
+        op = actions.check_submit_run_op(
+            self.tenant, run, kind, msg.seq_id, {"loss_fn": msg.loss_fn, "num_data": len(msg.data)},
+            blob=blob, validate=validate,
+        )
+        return future_response(op)
+
+
+class OptimStepView(TenantAPIView):
+    def post(self, request):  # type: ignore[no-untyped-def]
+        body = self.parse(T.OptimStepRequest)
+        run = actions.access_run(self.tenant, body.model_id)
+        op = actions.check_submit_run_op(
+            self.tenant, run, Operation.Kind.OPTIM_STEP, _seq(body.seq_id), body.model_dump(mode="json", by_alias=True)
+        )
+        return future_response(op)
+
+
+class SaveWeightsView(TenantAPIView):
+    def post(self, request):  # type: ignore[no-untyped-def]
+        body = self.parse(T.SaveWeightsRequest)
+        run = actions.access_run(self.tenant, body.model_id)
+        op = actions.check_submit_run_op(
+            self.tenant, run, Operation.Kind.SAVE_WEIGHTS, _seq(body.seq_id), body.model_dump(mode="json"),
+            validate=lambda: check_name(body.path or ""),
+        )
+        return future_response(op)
+
+
+class SaveWeightsForSamplerView(TenantAPIView):
+    def post(self, request):  # type: ignore[no-untyped-def]
+        body = self.parse(T.SaveWeightsForSamplerRequest)
+        run = actions.access_run(self.tenant, body.model_id)
+        op = actions.check_submit_run_op(
+            self.tenant, run, Operation.Kind.SAVE_WEIGHTS_FOR_SAMPLER, _seq(body.seq_id), body.model_dump(mode="json"),
+            validate=(lambda: check_name(body.path)) if body.path else None,
+        )
+        return future_response(op)
+
+
+class LoadWeightsView(TenantAPIView):
+    def post(self, request):  # type: ignore[no-untyped-def]
+        body = self.parse(T.LoadWeightsRequest)
+        if body.model_id:  # load_state*: an operation of an existing run
+            run = actions.access_run(self.tenant, body.model_id)
+            op = actions.check_submit_run_op(
+                self.tenant, run, Operation.Kind.LOAD_WEIGHTS, _seq(body.seq_id), body.model_dump(mode="json"),
+                validate=lambda: actions.access_readable_checkpoint(self.tenant, body.path) and None,
+            )
+        else:  # create_training_client_from_state*: a new run created by the load
+            if body.session_id is None or body.model_seq_id is None:
+                raise BadRequest("load_weights needs model_id, or session_id and model_seq_id")
+            session = access_active_session(self.tenant, body.session_id)
+            op = actions.check_create_run_from_checkpoint(self.tenant, session, body)
+        return future_response(op)
+
+
+def _seq(seq_id: int | None) -> int:
+    if seq_id is None or seq_id < 1:
+        raise BadRequest("seq_id must be a positive integer")
+    return seq_id

@@ -1,0 +1,121 @@
+"""Reading models.yaml: the base models a server offers and its persistence mode.
+
+    supported_models:
+      - model_name: Qwen/Qwen3-8B        # the name clients ask for
+        model_path: /data/Qwen3-8B       # a local Hugging Face checkpoint directory
+        max_model_len: 32768
+        tensor_parallel_size: 1
+        max_lora_rank: 128               # optional
+    persistence:                         # optional
+      mode: disabled | redis_url
+      redis_url: redis://127.0.0.1:6379/0
+      namespace: tuft
+
+Unknown keys are errors: configuration that silently does nothing is dangerous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.types import BaseModelSpec
+
+
+class ConfigError(Exception):
+    """models.yaml is missing, malformed or names something that does not exist."""
+
+
+@dataclass(frozen=True)
+class PersistenceConfig:
+    mode: str = "disabled"  # "disabled" | "redis_url"
+    redis_url: str | None = None
+    namespace: str = "tuft"
+
+    @classmethod
+    def disabled(cls) -> "PersistenceConfig":
+        return cls(mode="disabled")
+
+    @classmethod
+    def from_redis_url(cls, url: str, namespace: str = "tuft") -> "PersistenceConfig":
+        return cls(mode="redis_url", redis_url=url, namespace=namespace)
+
+
+@dataclass(frozen=True)
+class TuftConfig:
+    models: list[BaseModelSpec]
+    persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
+
+
+_MODEL_KEYS = {"model_name", "model_path", "max_model_len", "tensor_parallel_size", "max_lora_rank"}
+_PERSISTENCE_KEYS = {"mode", "redis_url", "namespace"}
+
+
+def _check_keys(where: str, data: Any, allowed: set[str], required: set[str]) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    unknown = set(data) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
+    missing = required - set(data)
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {', '.join(sorted(missing))}")
+
+
+def parse_config(data: Any, base_dir: Path) -> TuftConfig:
+    _check_keys("models.yaml", data, {"supported_models", "persistence"}, {"supported_models"})
+    entries = data["supported_models"]
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("models.yaml: supported_models must be a non-empty list")
+    models = []
+    for i, entry in enumerate(entries):
+        where = f"models.yaml supported_models[{i}]"
+        _check_keys(where, entry, _MODEL_KEYS, {"model_name", "model_path", "max_model_len"})
+        path = Path(str(entry["model_path"])).expanduser()
+        if not path.is_absolute():
+            path = (base_dir / path).resolve()
+        if not (path / "config.json").exists():
+            raise ConfigError(f"{where}: model_path {path} is not a Hugging Face model directory (no config.json)")
+        try:
+            spec = BaseModelSpec(
+                model_name=str(entry["model_name"]),
+                model_path=str(path),
+                max_model_len=int(entry["max_model_len"]),
+                tensor_parallel_size=int(entry.get("tensor_parallel_size", 1)),
+                max_lora_rank=int(entry.get("max_lora_rank", 128)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if spec.max_model_len < 2 or spec.tensor_parallel_size < 1 or spec.max_lora_rank < 1:
+            raise ConfigError(f"{where}: max_model_len, tensor_parallel_size and max_lora_rank must be positive")
+        models.append(spec)
+    names = [m.model_name for m in models]
+    if len(set(names)) != len(names):
+        raise ConfigError("models.yaml: model_name values must be unique")
+    persistence = PersistenceConfig()
+    if "persistence" in data:
+        p = data["persistence"]
+        _check_keys("models.yaml persistence", p, _PERSISTENCE_KEYS, {"mode"})
+        if p["mode"] == "disabled":
+            persistence = PersistenceConfig.disabled()
+        elif p["mode"] == "redis_url":
+            if not p.get("redis_url"):
+                raise ConfigError("models.yaml persistence: mode redis_url needs redis_url")
+            persistence = PersistenceConfig.from_redis_url(str(p["redis_url"]), str(p.get("namespace", "tuft")))
+        else:
+            raise ConfigError(f"models.yaml persistence: unknown mode {p['mode']!r} (disabled or redis_url)")
+    return TuftConfig(models=models, persistence=persistence)
+
+
+def load_config(path: str | Path) -> TuftConfig:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ConfigError(f"model config {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    return parse_config(data, path.parent)

@@ -1,0 +1,124 @@
+"""Django settings for TuFT.
+
+Everything a deployment changes comes from the environment:
+
+  TUFT_HOME            data directory (default: ./var in the checkout)
+  TUFT_MODEL_CONFIG    models.yaml (default: $TUFT_HOME/models.yaml, made by `manage.py quickstart`)
+  TUFT_CHECKPOINT_DIR  checkpoint directory (default: $TUFT_HOME/checkpoints)
+  DATABASE_URL         e.g. postgres://user@127.0.0.1:5432/tuft (default: SQLite in $TUFT_HOME)
+  REDIS_URL            set to dispatch operations to RQ workers instead of the embedded worker
+  TUFT_SECRET_KEY, TUFT_DEBUG, TUFT_ALLOWED_HOSTS
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+TUFT_HOME = Path(os.environ.get("TUFT_HOME", BASE_DIR / "var")).expanduser().resolve()
+TUFT_MODEL_CONFIG = Path(os.environ.get("TUFT_MODEL_CONFIG", TUFT_HOME / "models.yaml")).expanduser()
+TUFT_CHECKPOINT_DIR = Path(os.environ.get("TUFT_CHECKPOINT_DIR", TUFT_HOME / "checkpoints")).expanduser().resolve()
+# Sessions with no heartbeat for this long are closed and their adapters released.
+TUFT_SESSION_TIMEOUT_S = float(os.environ.get("TUFT_SESSION_TIMEOUT_S", "600"))
+# How long retrieve_future holds a request open before answering try_again (< 45 s SDK timeout).
+TUFT_LONG_POLL_S = float(os.environ.get("TUFT_LONG_POLL_S", "25"))
+REDIS_URL = os.environ.get("REDIS_URL", "")
+
+SECRET_KEY = os.environ.get("TUFT_SECRET_KEY", "tuft-dev-insecure-change-me")
+DEBUG = os.environ.get("TUFT_DEBUG", "0") == "1"
+ALLOWED_HOSTS = os.environ.get("TUFT_ALLOWED_HOSTS", "*").split(",")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_rq",
+    "sessions_app",
+    "training_app",
+    "sampling_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "tuft_project.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+WSGI_APPLICATION = "tuft_project.wsgi.application"
+ASGI_APPLICATION = "tuft_project.asgi.application"
+
+_sqlite_path = TUFT_HOME / "db.sqlite3"
+DATABASES = {
+    "default": dj_database_url.config(default=f"sqlite:///{_sqlite_path}", conn_max_age=0),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the API read while the worker writes; IMMEDIATE transactions and a
+    # long timeout turn write contention into waiting instead of "database is locked".
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = TUFT_HOME / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").exists() else []
+DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024 * 1024  # forward_backward batches can be large
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["sessions_app.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["sessions_app.permissions.IsTenant"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser", "training_app.parsers.ProtobufParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "tuft_project.exceptions.api_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+RQ_QUEUES = {
+    "tuft-train": {"URL": REDIS_URL or "redis://127.0.0.1:6379/0", "DEFAULT_TIMEOUT": -1},
+    "tuft-sample": {"URL": REDIS_URL or "redis://127.0.0.1:6379/0", "DEFAULT_TIMEOUT": -1},
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("TUFT_LOG_LEVEL", "INFO")},
+    "loggers": {"django.channels.server": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},
+}

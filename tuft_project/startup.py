@@ -1,0 +1,44 @@
+"""What a serving process does once at start-up (not on every manage.py command)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+
+def on_server_start() -> None:
+    """Check models.yaml, recover from the previous process, start housekeeping."""
+    from training_app.dispatch_registry import get_dispatcher
+    from tuft_project.runtime import get_config
+
+    config = get_config()  # a bad models.yaml fails here, at start-up, with a clear message
+    logger.info("serving %d model(s): %s", len(config.models), ", ".join(m.model_name for m in config.models))
+    from training_app.recovery import recover_after_restart
+
+    recover_after_restart()
+    get_dispatcher()
+    threading.Thread(target=_housekeeping, name="tuft-housekeeping", daemon=True).start()
+
+
+def _housekeeping() -> None:
+    """Expire silent sessions and checkpoints past their TTL, once a minute-ish."""
+    import time
+
+    from django.db import close_old_connections
+
+    from sessions_app.actions import do_expire_silent_sessions
+    from training_app.recovery import do_delete_expired_checkpoints
+
+    interval = min(60.0, max(1.0, settings.TUFT_SESSION_TIMEOUT_S / 4))
+    while True:
+        time.sleep(interval)
+        try:
+            close_old_connections()
+            do_expire_silent_sessions(settings.TUFT_SESSION_TIMEOUT_S)
+            do_delete_expired_checkpoints()
+        except Exception:
+            logger.exception("housekeeping failed; retrying next round")
