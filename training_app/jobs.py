@@ -23,6 +23,7 @@ from training_app import protocol
 from training_app.checkpoint_paths import TinkerPath, absolute, check_name, storage_relpath
 from training_app.futures import completion_hub
 from training_app.models import Checkpoint, Operation, TrainingRun
+from training_app.signals import operation_finished
 from tuft_project.exceptions import ApiError
 from tuft_project.runtime import get_config
 
@@ -36,6 +37,7 @@ class Outcome:
     num_tokens: int = 0  # tokens through the model (training), for usage accounting
     prefill_tokens: int = 0  # sampling: prompt tokens
     sampled_tokens: int = 0  # sampling: generated tokens
+    metrics: dict[str, float] | None = None
 
 
 Handler = Callable[[Engine, Operation], Outcome]
@@ -111,7 +113,7 @@ def _finish(op: Operation, outcome: Outcome | None = None, error: str = "", cate
         if outcome is not None:
             Operation.objects.filter(pk=op.pk).update(
                 status=Operation.Status.COMPLETED, result=outcome.result, result_blob=outcome.blob,
-                num_tokens=outcome.num_tokens, finished_at=timezone.now(),
+                num_tokens=outcome.num_tokens, metrics=outcome.metrics, finished_at=timezone.now(),
             )
         else:
             logger.info("operation %s (%s) failed [%s]: %s", op.request_id, op.kind, category, error)
@@ -123,6 +125,11 @@ def _finish(op: Operation, outcome: Outcome | None = None, error: str = "", cate
 
         record_operation_usage(op, outcome)
     completion_hub.notify(op.request_id)
+    try:
+        op.refresh_from_db()
+        operation_finished.send(sender=Operation, operation=op, metrics=(outcome.metrics if outcome else None) or {})
+    except Exception:  # a listener's failure must never fail the operation
+        logger.exception("operation_finished listener failed for %s", op.request_id)
 
 
 # -- handlers ------------------------------------------------------------------
@@ -154,7 +161,7 @@ def _forward_backward(engine: Engine, op: Operation) -> Outcome:
     )
     result = engine.forward_backward([spec])[0]
     tokens = sum(len(d.tokens) for d in call.data)
-    return Outcome(blob=protocol.encode_forward_backward_output(result), num_tokens=tokens)
+    return Outcome(blob=protocol.encode_forward_backward_output(result), num_tokens=tokens, metrics=result.metrics)
 
 
 handles(Operation.Kind.FORWARD_BACKWARD)(_forward_backward)
@@ -173,7 +180,7 @@ def _optim_step(engine: Engine, op: Operation) -> Outcome:
     )
     assert op.training_run is not None
     metrics = engine.optim_step(op.training_run.id, adam)
-    return Outcome(result={"metrics": metrics, "type": "optim_step"})
+    return Outcome(result={"metrics": metrics, "type": "optim_step"}, metrics=metrics)
 
 
 def _save(engine: Engine, op: Operation, kind: str, name: str, with_optimizer: bool, overwrite: bool) -> Checkpoint:

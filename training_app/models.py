@@ -110,6 +110,8 @@ class Operation(models.Model):
     result_blob = models.BinaryField(null=True, blank=True)  # protobuf result (fwd/bwd, sample)
     error = models.TextField(blank=True)
     error_category = models.CharField(max_length=16, blank=True)  # "user" | "server"
+    # Metrics of the result (e.g. "loss:sum"), kept queryable for dashboards.
+    metrics = models.JSONField(null=True, blank=True)
     # Tokens processed, for usage accounting.
     num_tokens = models.IntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
