@@ -1,0 +1,141 @@
+"""Shared fixtures: the built-in tiny model and a live TuFT server process.
+
+API tests drive the server exactly as users do: the unmodified ``tinker`` SDK
+over HTTP against a real ``tuft`` process on 127.0.0.1 (free port, its own
+data directory and SQLite database, or ``DATABASE_URL`` when set).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_NAME = "tuft/tiny-qwen3"
+# The SDK's background telemetry is noise in tests.
+os.environ.setdefault("TINKER_TELEMETRY", "0")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from engine.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen3")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    url: str
+    home: Path
+    env: dict[str, str]
+    process: subprocess.Popen
+    log_path: Path
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def manage(self, *args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), *args], env=self.env, cwd=ROOT,
+            capture_output=True, text=True, timeout=120,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
+        return out.stdout
+
+    def create_tenant(self, name: str) -> str:
+        """Create a tenant with the management command; return its API key (last output line)."""
+        key = self.manage("create_tenant", name).strip().splitlines()[-1]
+        self.keys[name] = key
+        return key
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=15)
+
+
+def write_models_yaml(path: Path, model_dir: Path, max_model_len: int = 256) -> Path:
+    path.write_text(
+        "supported_models:\n"
+        f"  - model_name: {MODEL_NAME}\n"
+        f"    model_path: {model_dir}\n"
+        f"    max_model_len: {max_model_len}\n"
+        "    tensor_parallel_size: 1\n"
+    )
+    return path
+
+
+def start_server(home: Path, model_config: Path, extra_env: dict[str, str] | None = None) -> LiveServer:
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {
+        **os.environ,
+        "TUFT_HOME": str(home),
+        "TUFT_MODEL_CONFIG": str(model_config),
+        "DJANGO_SETTINGS_MODULE": "tuft_project.settings",
+        "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
+    }
+    log_path = home / "server.log"
+    log = open(log_path, "ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tuft_project.cli", "--port", str(port), "--home", str(home),
+         "--model-config", str(model_config), "--no-dev-key"],
+        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+    )
+    server = LiveServer(url=f"http://127.0.0.1:{port}", home=home, env=env, process=process, log_path=log_path)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/api/v1/healthz", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    server.stop()
+    raise RuntimeError(f"server did not come up in 90 s:\n{server.log()}")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[LiveServer]:
+    """One live server for the API tests, with tenants "alice" and "bob"."""
+    home = tmp_path_factory.mktemp("tuft-home")
+    config = write_models_yaml(home / "models.yaml", tiny_model_dir)
+    srv = start_server(home, config)
+    try:
+        srv.create_tenant("alice")
+        srv.create_tenant("bob")
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def service_client(server: LiveServer) -> Iterator["object"]:
+    import tinker
+
+    client = tinker.ServiceClient(base_url=server.url, api_key=server.keys["alice"])
+    yield client
