@@ -9,6 +9,7 @@ the same tokens, which RL code relies on.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections import OrderedDict
@@ -24,6 +25,9 @@ from engine.types import SampledSequence, SampleResult, SampleSpec, UserInputErr
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 128
+# Widest top-k / alternative-token request per position; bounds the work and the
+# response size of one request (len(prompt) * k cells), as vLLM's max_logprobs does.
+MAX_LOGPROBS_K = 64
 
 
 class SamplerAdapterCache:
@@ -69,6 +73,12 @@ class HFSampler:
         host = self.host
         host.check_tokens(spec.prompt, "prompt")
         _validate(spec)
+        if spec.target_prompt_ids is not None:
+            bad = [t for row in spec.target_prompt_ids for t in row if t >= host.vocab_size]
+            if bad:
+                raise UserInputError(
+                    f"target_prompt_logprobs has token id {bad[0]} outside the vocabulary (0..{host.vocab_size - 1})"
+                )
         room = host.spec.max_model_len - len(spec.prompt)
         max_tokens = spec.max_tokens if spec.max_tokens is not None else min(DEFAULT_MAX_TOKENS, room)
         if max_tokens > room:
@@ -98,13 +108,7 @@ class HFSampler:
         n = spec.num_samples
         prompt = torch.tensor([spec.prompt], dtype=torch.long, device=host.device)
         out = model(input_ids=prompt, use_cache=True)
-        prompt_logprobs = topk_prompt = None
-        if spec.prompt_logprobs or spec.topk_prompt_logprobs:
-            lp = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)  # [P-1, V]
-            picked = lp.gather(-1, prompt[0, 1:].unsqueeze(-1)).squeeze(-1).tolist()
-            prompt_logprobs = [None] + picked
-            if spec.topk_prompt_logprobs:
-                topk_prompt = [None] + _topk_rows(lp, spec.topk_prompt_logprobs)
+        scored = _score_prompt(out.logits[0, :-1].float(), prompt[0, 1:], spec, generator)
         cache = out.past_key_values
         if n > 1:
             cache.batch_repeat_interleave(n)
@@ -147,7 +151,7 @@ class HFSampler:
             )
             for i in range(n)
         ]
-        return SampleResult(sequences=sequences, prompt_logprobs=prompt_logprobs, topk_prompt_logprobs=topk_prompt)
+        return dataclasses.replace(scored, sequences=sequences)
 
     def _should_stop(self, tokens: list[int], stop_seqs: list[list[int]], stop_strings: list[str]) -> bool:
         for seq in stop_seqs:
@@ -160,9 +164,81 @@ class HFSampler:
         return False
 
 
+def _score_prompt(
+    logits: torch.Tensor, targets: torch.Tensor, spec: SampleSpec, generator: torch.Generator
+) -> SampleResult:
+    """Everything a request asks about the prompt itself, from the one prefill.
+
+    ``logits`` [P-1, V] are the model's predictions for prompt positions 1..P-1
+    and ``targets`` [P-1] the prompt tokens there. Returns a result with no
+    sequences; unscored positions are None (position 0 always, and every
+    position before the last ``prompt_logprobs_last_n``).
+    """
+    wants_scores = spec.prompt_logprobs or spec.topk_prompt_logprobs
+    if not (wants_scores or spec.target_prompt_ids is not None or spec.prompt_alt_tokens_k):
+        return SampleResult(sequences=[])
+    lp = torch.log_softmax(logits, dim=-1)  # [P-1, V]
+    n = lp.shape[0]
+    # Rows before ``first`` are not scored (NaN / None on the wire).
+    first = n - spec.prompt_logprobs_last_n if spec.prompt_logprobs_last_n is not None else 0
+    result = SampleResult(sequences=[])
+    if spec.prompt_logprobs:
+        picked = lp[first:].gather(-1, targets[first:].unsqueeze(-1)).squeeze(-1).tolist()
+        result = dataclasses.replace(result, prompt_logprobs=[None] * (1 + first) + picked)
+    if spec.topk_prompt_logprobs:
+        rows: list[list[tuple[int, float]] | None] = [None] * (1 + first)
+        rows += _topk_rows(lp[first:], spec.topk_prompt_logprobs)
+        result = dataclasses.replace(result, topk_prompt_logprobs=rows)
+    if spec.target_prompt_ids is not None:
+        ids = torch.tensor(spec.target_prompt_ids, dtype=torch.long, device=lp.device)  # [P-1, K]
+        wanted = ids >= 0
+        values = lp.gather(-1, ids.clamp(min=0)).masked_fill(~wanted, 0.0)
+        result = dataclasses.replace(result, target_prompt_logprobs=values.tolist())
+    if spec.prompt_alt_tokens_k:
+        k = spec.prompt_alt_tokens_k
+        if spec.temperature == 0:  # greedy: every draw is the argmax
+            draws = lp.argmax(dim=-1, keepdim=True).expand(n, k)
+        else:
+            probs = torch.softmax(logits / spec.temperature, dim=-1)
+            draws = torch.multinomial(probs, k, replacement=True, generator=generator)
+        result = dataclasses.replace(
+            result, prompt_alt_tokens=draws.tolist(), prompt_alt_logprobs=lp.gather(-1, draws).tolist()
+        )
+    return result
+
+
 def _validate(spec: SampleSpec) -> None:
     if spec.num_samples < 1:
         raise UserInputError("num_samples must be at least 1")
+    scored_positions = len(spec.prompt) - 1
+    for name, k in (("topk_prompt_logprobs", spec.topk_prompt_logprobs),
+                    ("topk_sample_logprobs", spec.topk_sample_logprobs),
+                    ("prompt_alt_tokens_k", spec.prompt_alt_tokens_k)):
+        if not 0 <= k <= MAX_LOGPROBS_K:
+            raise UserInputError(f"{name} must be between 0 and {MAX_LOGPROBS_K}, got {k}")
+    last_n = spec.prompt_logprobs_last_n
+    if last_n is not None:
+        if not (spec.prompt_logprobs or spec.topk_prompt_logprobs):
+            raise UserInputError("prompt_logprobs_last_n applies to prompt logprobs; set prompt_logprobs")
+        if not 1 <= last_n <= scored_positions:
+            raise UserInputError(
+                f"prompt_logprobs_last_n must be between 1 and len(prompt) - 1 = {scored_positions}, got {last_n}"
+            )
+    ids = spec.target_prompt_ids
+    if ids is not None:
+        if len(ids) != scored_positions or scored_positions == 0:
+            raise UserInputError(
+                f"target_prompt_logprobs must have len(prompt) - 1 = {scored_positions} rows, got {len(ids)}"
+            )
+        width = len(ids[0])
+        if width < 1 or any(len(row) != width for row in ids):
+            raise UserInputError("target_prompt_logprobs must be a rectangular [len(prompt) - 1, K] tensor, K >= 1")
+        if width > MAX_LOGPROBS_K:
+            raise UserInputError(f"target_prompt_logprobs may name at most {MAX_LOGPROBS_K} ids per position")
+        if not any(t >= 0 for row in ids for t in row):
+            raise UserInputError("target_prompt_logprobs names no token id (every cell is -1)")
+        if any(t < -1 for row in ids for t in row):
+            raise UserInputError("target_prompt_logprobs cells must be token ids or -1")
     if spec.max_tokens is not None and spec.max_tokens < 1:
         raise UserInputError("max_tokens must be at least 1")
     if spec.temperature < 0:

@@ -114,6 +114,12 @@ class SampleSpec:
     prompt_logprobs: bool = False
     topk_prompt_logprobs: int = 0
     topk_sample_logprobs: int = 0
+    # Score only the last N prompt positions (prompt logprobs and top-k rows); None = all.
+    prompt_logprobs_last_n: int | None = None
+    # [len(prompt) - 1, K] token ids to score at prompt positions 1..P-1; -1 = no request.
+    target_prompt_ids: list[list[int]] | None = None
+    # Draw this many alternative tokens per prompt position 1..P-1 (at the request's temperature).
+    prompt_alt_tokens_k: int = 0
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,11 @@ class SampleResult:
     # len(prompt) entries, None at position 0; None if not asked for.
     prompt_logprobs: list[float | None] | None = None
     topk_prompt_logprobs: list[list[tuple[int, float]] | None] | None = None
+    # [len(prompt) - 1, K] logprobs of SampleSpec.target_prompt_ids, 0.0 where the id was -1.
+    target_prompt_logprobs: list[list[float]] | None = None
+    # [len(prompt) - 1, k] draws and their (untempered) logprobs, for prompt_alt_tokens_k.
+    prompt_alt_tokens: list[list[int]] | None = None
+    prompt_alt_logprobs: list[list[float]] | None = None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
