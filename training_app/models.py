@@ -29,6 +29,12 @@ class TrainingRun(models.Model):
     released = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
     last_request_at = models.DateTimeField(default=timezone.now)
+    # Distributed mode (training_app.handoff): the seq_id whose effect the run's
+    # latest automatic internal checkpoint holds (adapter + optimizer), and the
+    # lease that lets one worker at a time execute the run's operations.
+    state_seq = models.IntegerField(null=True, blank=True)
+    lease_owner = models.CharField(max_length=200, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -117,6 +123,11 @@ class Operation(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Distributed mode: the worker running it, until when that worker's claim
+    # holds (renewed while it is alive), and how many times it was started.
+    worker = models.CharField(max_length=200, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.IntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]
