@@ -117,7 +117,8 @@ class TrainingEngine:
         batch = _Batch.build(spec.data, host, losses.REQUIRED_INPUTS[spec.loss_fn])
         with host.use(run.adapter) as model, torch.set_grad_enabled(not spec.forward_only):
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            logprobs_all = torch.log_softmax(logits.float(), dim=-1)
+            # At least fp32 (bf16 models upcast); an fp64 model stays fp64 (loss tests).
+            logprobs_all = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
             targets = batch.targets
             if targets.dim() == 2:
                 logprobs = logprobs_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -288,8 +289,8 @@ class _Batch:
                 if name in d.loss_fn_inputs:
                     v = d.loss_fn_inputs[name]
                     inputs[name][i, :n] = torch.tensor(v.data, dtype=torch.float32).reshape(v.shape)
-                elif name == "weights":
-                    inputs[name][i, :n] = 1.0
+                elif name in losses.MISSING_INPUT_FILL:  # weights 1, per-token overrides "unset"
+                    inputs[name][i, :n] = losses.MISSING_INPUT_FILL[name]
         # An explicit weights input replaces the default of 1 on real tokens.
         return _Batch(
             input_ids=input_ids.to(device),
