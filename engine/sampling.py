@@ -20,14 +20,12 @@ from peft import PeftModel
 
 from engine import checkpoints
 from engine.model_host import ModelHost
+from engine.sample_checks import validate_sample_spec
 from engine.types import SampledSequence, SampleResult, SampleSpec, UserInputError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 128
-# Widest top-k / alternative-token request per position; bounds the work and the
-# response size of one request (len(prompt) * k cells), as vLLM's max_logprobs does.
-MAX_LOGPROBS_K = 64
 
 
 class SamplerAdapterCache:
@@ -72,7 +70,7 @@ class HFSampler:
     def sample(self, adapter_dir: Path | None, spec: SampleSpec) -> SampleResult:
         host = self.host
         host.check_tokens(spec.prompt, "prompt")
-        _validate(spec)
+        validate_sample_spec(spec)
         if spec.target_prompt_ids is not None:
             bad = [t for row in spec.target_prompt_ids for t in row if t >= host.vocab_size]
             if bad:
@@ -205,48 +203,6 @@ def _score_prompt(
             result, prompt_alt_tokens=draws.tolist(), prompt_alt_logprobs=lp.gather(-1, draws).tolist()
         )
     return result
-
-
-def _validate(spec: SampleSpec) -> None:
-    if spec.num_samples < 1:
-        raise UserInputError("num_samples must be at least 1")
-    scored_positions = len(spec.prompt) - 1
-    for name, k in (("topk_prompt_logprobs", spec.topk_prompt_logprobs),
-                    ("topk_sample_logprobs", spec.topk_sample_logprobs),
-                    ("prompt_alt_tokens_k", spec.prompt_alt_tokens_k)):
-        if not 0 <= k <= MAX_LOGPROBS_K:
-            raise UserInputError(f"{name} must be between 0 and {MAX_LOGPROBS_K}, got {k}")
-    last_n = spec.prompt_logprobs_last_n
-    if last_n is not None:
-        if not (spec.prompt_logprobs or spec.topk_prompt_logprobs):
-            raise UserInputError("prompt_logprobs_last_n applies to prompt logprobs; set prompt_logprobs")
-        if not 1 <= last_n <= scored_positions:
-            raise UserInputError(
-                f"prompt_logprobs_last_n must be between 1 and len(prompt) - 1 = {scored_positions}, got {last_n}"
-            )
-    ids = spec.target_prompt_ids
-    if ids is not None:
-        if len(ids) != scored_positions or scored_positions == 0:
-            raise UserInputError(
-                f"target_prompt_logprobs must have len(prompt) - 1 = {scored_positions} rows, got {len(ids)}"
-            )
-        width = len(ids[0])
-        if width < 1 or any(len(row) != width for row in ids):
-            raise UserInputError("target_prompt_logprobs must be a rectangular [len(prompt) - 1, K] tensor, K >= 1")
-        if width > MAX_LOGPROBS_K:
-            raise UserInputError(f"target_prompt_logprobs may name at most {MAX_LOGPROBS_K} ids per position")
-        if not any(t >= 0 for row in ids for t in row):
-            raise UserInputError("target_prompt_logprobs names no token id (every cell is -1)")
-        if any(t < -1 for row in ids for t in row):
-            raise UserInputError("target_prompt_logprobs cells must be token ids or -1")
-    if spec.max_tokens is not None and spec.max_tokens < 1:
-        raise UserInputError("max_tokens must be at least 1")
-    if spec.temperature < 0:
-        raise UserInputError("temperature must be >= 0")
-    if not 0 < spec.top_p <= 1:
-        raise UserInputError("top_p must be in (0, 1]")
-    if spec.top_k == 0 or spec.top_k < -1:
-        raise UserInputError("top_k must be -1 (off) or a positive number")
 
 
 def _choose(logits: torch.Tensor, spec: SampleSpec, generator: torch.Generator) -> torch.Tensor:

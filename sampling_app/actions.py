@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from sampling_app.models import SamplingSession
@@ -15,10 +16,6 @@ from training_app.models import Checkpoint, Operation
 from tuft_project.exceptions import ApiError, NotFound, RateLimited
 
 logger = logging.getLogger(__name__)
-
-# Pending sample operations one tenant may have queued before we answer 429,
-# which makes the SDK back off and resubmit (never dropping the request).
-MAX_PENDING_SAMPLES_PER_TENANT = 256
 
 
 def access_sampling_session(tenant: Tenant, sampler_id: str) -> SamplingSession:
@@ -78,10 +75,14 @@ def check_submit_sample(tenant: Tenant, sampler: SamplingSession, seq_id: int, r
     if sampler.session.status != ClientSession.Status.ACTIVE:
         raise NotFound(f"sampler {sampler.id!r} belongs to a closed session")
     check_token_budget(tenant, "sample", prompt_tokens + max_tokens)
+    # Per-tenant back-pressure: 429 makes the SDK wait and resubmit this very
+    # request (same seq_id), so nothing is dropped and one tenant's flood cannot
+    # grow the queue without bound in front of everyone else's requests.
     pending = Operation.objects.filter(
         tenant=tenant, kind=Operation.Kind.SAMPLE, status__in=[Operation.Status.PENDING, Operation.Status.RUNNING]
     ).count()
-    if pending >= MAX_PENDING_SAMPLES_PER_TENANT:
+    if pending >= settings.TUFT_MAX_PENDING_SAMPLES:
+        logger.info("tenant %s has %d sample requests pending: answering 429", tenant.name, pending)
         raise RateLimited(f"{pending} sample requests already queued for this tenant; retry shortly", retry_after=1)
     try:
         with transaction.atomic():

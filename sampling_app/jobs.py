@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
+import numpy as np
 from tinker import types as T
+from tinker.proto import tinker_public_pb2 as pb
 
 from engine.runtime import Engine
-from engine.types import UserInputError
+from engine.types import SampleResult, UserInputError
 from sampling_app.specs import sample_spec_from_request
 from training_app import protocol
 from training_app.checkpoint_paths import absolute
 from training_app.jobs import Outcome, handles
 from training_app.models import Operation
 
+logger = logging.getLogger(__name__)
 
 
 @handles(Operation.Kind.SAMPLE)
@@ -33,6 +37,43 @@ def _sample(engine: Engine, op: Operation) -> Outcome:
         adapter_dir = absolute(sampler.checkpoint.storage_path)
     result = engine.sample(sampler.base_model, adapter_dir, spec)
     blob = protocol.encode_sample_response(result, spec.topk_prompt_logprobs, spec.topk_sample_logprobs)
+    blob = _add_prompt_extras(blob, result, body.target_prompt_logprobs)
     sampled = sum(len(s.tokens) for s in result.sequences)
     return Outcome(blob=blob, num_tokens=len(spec.prompt) + sampled,
                    prefill_tokens=len(spec.prompt), sampled_tokens=sampled)
+
+
+def _add_prompt_extras(blob: bytes, result: SampleResult, target_request: T.TensorData | None) -> bytes:
+    """Add target_prompt_logprobs and prompt_alt_tokens to an encoded SampleResponse.
+
+    target_prompt_logprobs comes back in the layout it was asked in: dense, or
+    CSR with the request's own row pointers and columns (only the listed cells).
+    """
+    if result.target_prompt_logprobs is None and result.prompt_alt_tokens is None:
+        return blob
+    out = pb.SampleResponse.FromString(blob)
+    if result.target_prompt_logprobs is not None and target_request is not None:
+        values = np.asarray(result.target_prompt_logprobs, dtype=np.float32)  # [P-1, K]
+        t = out.target_prompt_logprobs
+        t.dtype = pb.DTYPE_FLOAT32
+        t.shape.extend(values.shape)
+        if target_request.sparse_crow_indices is not None:
+            crow = np.asarray(target_request.sparse_crow_indices, dtype=np.int64)
+            col = np.asarray(target_request.sparse_col_indices, dtype=np.int64)
+            rows = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
+            t.sparse_csr.values = values[rows, col].astype(np.float32).tobytes()
+            t.sparse_csr.crow_indices = crow.tobytes()
+            t.sparse_csr.col_indices = col.tobytes()
+        else:
+            t.dense = values.tobytes()
+    if result.prompt_alt_tokens is not None and result.prompt_alt_logprobs is not None:
+        tokens = np.asarray(result.prompt_alt_tokens, dtype=np.int64)
+        logprobs = np.asarray(result.prompt_alt_logprobs, dtype=np.float32)
+        alt = out.prompt_alt_tokens
+        alt.tokens.dtype = pb.DTYPE_INT64
+        alt.tokens.shape.extend(tokens.shape)
+        alt.tokens.dense = tokens.tobytes()
+        alt.logprobs.dtype = pb.DTYPE_FLOAT32
+        alt.logprobs.shape.extend(logprobs.shape)
+        alt.logprobs.dense = logprobs.tobytes()
+    return out.SerializeToString()

@@ -6,7 +6,7 @@ from rest_framework.response import Response
 from tinker import types as T
 
 from sampling_app import actions
-from sampling_app.specs import sample_spec_from_request
+from sampling_app.specs import check_fits_model, sample_spec_from_request
 from sessions_app.actions import access_active_session
 from sessions_app.api import TenantAPIView
 from training_app.views import model_names
@@ -39,6 +39,7 @@ class SampleView(TenantAPIView):
             raise BadRequest("asample needs seq_id")
         sampler = actions.access_sampling_session(self.tenant, body.sampling_session_id)
         spec = sample_spec_from_request(body)  # UserInputError -> 400 before anything is queued
+        check_fits_model(spec, sampler.base_model)
         max_tokens = spec.max_tokens or 0
         op = actions.check_submit_sample(
             self.tenant, sampler, body.seq_id, body.model_dump(mode="json"), len(spec.prompt), max_tokens * spec.num_samples
