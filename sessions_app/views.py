@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from tinker import types as T
@@ -33,7 +34,7 @@ CLIENT_CONFIG = {
 
 class ClientConfigView(TenantAPIView):
     def post(self, request):  # type: ignore[no-untyped-def]
-        return Response(CLIENT_CONFIG)
+        return Response({**CLIENT_CONFIG, "fwdbwd_max_chunk_len": settings.TUFT_FWDBWD_MAX_CHUNK_LEN})
 
 
 class DynamicConfigView(TenantAPIView):

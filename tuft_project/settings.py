@@ -25,6 +25,14 @@ TUFT_CHECKPOINT_DIR = Path(os.environ.get("TUFT_CHECKPOINT_DIR", TUFT_HOME / "ch
 TUFT_SESSION_TIMEOUT_S = float(os.environ.get("TUFT_SESSION_TIMEOUT_S", "600"))
 # How long retrieve_future holds a request open before answering try_again (< 45 s SDK timeout).
 TUFT_LONG_POLL_S = float(os.environ.get("TUFT_LONG_POLL_S", "25"))
+# Sample requests one tenant may have queued or running before asample answers 429
+# (the SDK then backs off and resubmits the same request; nothing is dropped).
+TUFT_MAX_PENDING_SAMPLES = int(os.environ.get("TUFT_MAX_PENDING_SAMPLES", "256"))
+# Largest number of data per forward_backward request advertised to the SDK, which
+# splits bigger batches into chunks of at most this many (see sessions_app.views).
+TUFT_FWDBWD_MAX_CHUNK_LEN = int(os.environ.get("TUFT_FWDBWD_MAX_CHUNK_LEN", "256"))
+# Lifetime of the signed download URLs of external_weights checkpoints.
+TUFT_DOWNLOAD_URL_TTL_S = int(os.environ.get("TUFT_DOWNLOAD_URL_TTL_S", "3600"))
 REDIS_URL = os.environ.get("REDIS_URL", "")
 
 SECRET_KEY = os.environ.get("TUFT_SECRET_KEY", "tuft-dev-insecure-change-me")
