@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from engine.types import UserInputError
+from engine.types import EngineError, UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,16 @@ class LossDef:
         out = self.body(x, _parse_config(self, x.config))
         bad = [k for k in out.metrics if k.count(":") != 1]
         assert not bad, f"metric keys must be 'name:reduction': {bad}"
+        if not bool(torch.isfinite(out.loss.detach())):
+            # Failing here, before backward, keeps inf/NaN out of the run's gradients:
+            # one poisoned optim_step would ruin the adapter for good.
+            real = _expand(x.mask, x.logprobs) != 0
+            if not bool(torch.isfinite(x.logprobs.detach()[real]).all()):
+                raise EngineError("the model produced non-finite logprobs")
+            raise UserInputError(
+                f"loss {self.name!r} is not finite ({float(out.loss.detach())}); check the inputs "
+                "(NaN/inf values, or sampler logprobs so far below the model's that exp(lp - q) overflows)"
+            )
         return out
 
 

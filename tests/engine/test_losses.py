@@ -231,6 +231,17 @@ def test_masked_tokens_with_absurd_sampler_logprobs_stay_finite() -> None:
         assert np.max(np.abs(grad.numpy() - want_grad)) <= TOL, name
 
 
+def test_non_finite_loss_is_a_user_error_before_backward() -> None:
+    data = make_batch(seed=6)
+    data["adv"][0, 2] = np.nan
+    with pytest.raises(UserInputError, match="not finite"):
+        call("importance_sampling", data)
+    data = make_batch(seed=6)
+    data["q"][0, 2] = -1e4  # a weighted token: exp(lp - q) overflows
+    with pytest.raises(UserInputError, match="not finite"):
+        call("importance_sampling", data)
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 
