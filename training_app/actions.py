@@ -69,6 +69,18 @@ def _enqueue_on_commit(op: Operation, run: TrainingRun | None) -> None:
         transaction.on_commit(lambda: dispatch_registry.get_dispatcher().submit_sampling(request_id))
 
 
+def check_lora_config(base_model: str, rank: int, train_attn: bool, train_mlp: bool, train_unembed: bool) -> None:
+    """Refuse (400, at submission) a LoRA the engine would refuse: a clear error, not a failed future."""
+    from tuft_project.runtime import get_config
+
+    spec = next((m for m in get_config().models if m.model_name == base_model), None)
+    max_rank = spec.max_lora_rank if spec is not None else None
+    if rank < 1 or (max_rank is not None and rank > max_rank):
+        raise ApiError(f"LoRA rank {rank} is out of range for {base_model}: use 1..{max_rank}")
+    if not (train_attn or train_mlp or train_unembed):
+        raise ApiError("LoRA config trains nothing: enable train_attn, train_mlp or train_unembed")
+
+
 def check_create_model(tenant: Tenant, session: ClientSession, body: Any, base_model_names: set[str]) -> Operation:
     """Record a new training run (seq 0 = its creation) or return the existing future."""
     run_id = f"{session.id}:train:{body.model_seq_id}"
@@ -78,6 +90,7 @@ def check_create_model(tenant: Tenant, session: ClientSession, body: Any, base_m
     if body.base_model not in base_model_names:
         raise ApiError(f"unknown base model {body.base_model!r}; supported: {', '.join(sorted(base_model_names))}")
     lora = body.lora_config
+    check_lora_config(body.base_model, lora.rank, lora.train_attn, lora.train_mlp, lora.train_unembed)
     optimizer_type = getattr(body.optimizer_config, "type", "adamw") if body.optimizer_config else "adamw"
     if optimizer_type != "adamw":
         raise ApiError(f"optimizer {optimizer_type!r} is not supported; use adamw")

@@ -8,6 +8,7 @@ from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from tinker import types as T
 
+from engine.types import LoraSpec
 from sessions_app.actions import access_active_session
 from sessions_app.api import TenantAPIView
 from sessions_app.quotas import check_token_budget
@@ -58,6 +59,13 @@ class GetInfoView(TenantAPIView):
             "is_lora": True,
             "lora_rank": run.lora_rank,
             "model_name": run.base_model,
+            # Not in the SDK's GetInfoResponse (it ignores the key), but visible on the
+            # wire: the whole LoRA configuration the run actually trains with.
+            "lora_config": {
+                "rank": run.lora_rank, "seed": run.lora_seed, "train_mlp": run.train_mlp,
+                "train_attn": run.train_attn, "train_unembed": run.train_unembed,
+                "alpha": LoraSpec(rank=run.lora_rank).alpha,
+            },
         })
 
 
