@@ -1,7 +1,8 @@
 """Tinker checkpoint paths and where their files live.
 
 ``tinker://{training_run_id}/{kind}/{name}`` where kind is ``weights`` (save_state:
-adapter + optimizer) or ``sampler_weights`` (adapter only). Files live under
+adapter + optimizer), ``sampler_weights`` (adapter only) or ``external_weights``
+(adapter only, for download). Files live under
 ``TUFT_CHECKPOINT_DIR/{tenant_id}/{training_run_id}/{kind}/{name}``: the kind is
 part of the storage path, so ``weights/x`` and ``sampler_weights/x`` never
 overwrite each other.
@@ -18,7 +19,7 @@ from django.conf import settings
 from engine.types import UserInputError
 
 SCHEME = "tinker://"
-KINDS = ("weights", "sampler_weights")
+KINDS = ("weights", "sampler_weights", "external_weights")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
@@ -45,7 +46,9 @@ def parse_tinker_path(path: str) -> TinkerPath:
         raise UserInputError(f"not a tinker path: {path!r} (expected tinker://<run>/<kind>/<name>)")
     parts = path[len(SCHEME):].split("/")
     if len(parts) != 3 or parts[1] not in KINDS or not parts[0]:
-        raise UserInputError(f"invalid tinker path {path!r}: expected tinker://<run>/{{weights|sampler_weights}}/<name>")
+        raise UserInputError(
+            f"invalid tinker path {path!r}: expected tinker://<run>/{{weights|sampler_weights|external_weights}}/<name>"
+        )
     return TinkerPath(parts[0], parts[1], check_name(parts[2]))
 
 

@@ -48,6 +48,7 @@ class Checkpoint(models.Model):
     class Kind(models.TextChoices):
         TRAINING = "weights"  # save_state: adapter + optimizer
         SAMPLER = "sampler_weights"  # save_weights_for_sampler: adapter only
+        EXTERNAL = "external_weights"  # save_weights_external: adapter only, downloadable
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="checkpoints")
     training_run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="checkpoints")
@@ -91,6 +92,7 @@ class Operation(models.Model):
         SAVE_WEIGHTS = "save_weights"
         SAVE_WEIGHTS_FOR_SAMPLER = "save_weights_for_sampler"
         LOAD_WEIGHTS = "load_weights"
+        SAVE_WEIGHTS_EXTERNAL = "save_weights_external"
         SAMPLE = "sample"
 
     class Status(models.TextChoices):
