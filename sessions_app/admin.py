@@ -1,64 +1,322 @@
-from django.contrib import admin, messages
-from django.http import HttpRequest
+"""Admin for operators: tenants, API keys, quotas, client sessions and usage.
 
-from sessions_app.actions import do_create_api_key, do_revoke_api_key
-from sessions_app.models import ApiKey, ClientSession, DailyUsage, Quota, Tenant
+New API keys are shown once, in the response that creates them (never put in
+a message cookie or the database); revoking a key takes effect on the next
+request because authentication checks ``revoked_at`` every time.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import Count, Q, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.defaultfilters import filesizeformat
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+
+from sessions_app.actions import do_create_api_key, do_finish_session, do_revoke_api_key
+from sessions_app.models import ApiKey, ClientSession, DailyUsage, DefaultQuota, Quota, Tenant
+from sessions_app.usage import write_usage_csv
+
+logger = logging.getLogger(__name__)
+
+NEW_KEYS_TEMPLATE = "admin/sessions_app/new_keys.html"
+
+
+def show_new_keys(request: HttpRequest, keys: list[tuple[ApiKey, str]], back_url: str) -> TemplateResponse:
+    """The one page that ever shows raw keys; it is not cached."""
+    response = TemplateResponse(request, NEW_KEYS_TEMPLATE, {
+        **admin.site.each_context(request), "title": "New API keys", "keys": keys, "back_url": back_url,
+    })
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+# -- tenants and quotas ---------------------------------------------------------
 
 
 class QuotaInline(admin.StackedInline):
     model = Quota
-    can_delete = False
+    can_delete = True
     extra = 0
+    max_num = 1
+    verbose_name = "own quota"
+    verbose_name_plural = "own quota (without one, the tenant follows the default quota)"
+
+    def get_extra(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> int:
+        return 0 if obj is not None and Quota.objects.filter(tenant=obj).exists() else 1
+
+    def get_formset(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+        formset = super().get_formset(request, obj, **kwargs)
+        # Start the form at the default's values: saved unchanged, it is skipped and
+        # the tenant keeps following the default; edit any field to give it its own.
+        default = DefaultQuota.load().limits()
+        for name, value in default.items():
+            if name in formset.form.base_fields:
+                formset.form.base_fields[name].initial = value
+        return formset
+
+
+class QuotaSourceFilter(admin.SimpleListFilter):
+    title = "quota"
+    parameter_name = "quota"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("own", "own quota"), ("default", "default quota")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> QuerySet[Tenant]:
+        if self.value() in ("own", "default"):
+            return queryset.filter(quota__isnull=self.value() == "default")
+        return queryset
+
+
+class TenantAddForm(forms.ModelForm):
+    issue_key = forms.BooleanField(
+        required=False, initial=True, label="Issue an API key now",
+        help_text="The key is shown once, on the next page.",
+    )
+
+    class Meta:
+        model = Tenant
+        fields = ["name", "is_active"]
 
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    list_display = ["name", "is_active", "created_at"]
-    list_filter = ["is_active"]
+    list_display = ["name", "is_active", "quota_source", "active_keys", "active_runs", "created_at"]
+    list_filter = ["is_active", QuotaSourceFilter]
     search_fields = ["name"]
     inlines = [QuotaInline]
-    actions = ["issue_key"]
+    actions = ["issue_key", "deactivate", "activate"]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = TenantAddForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["name", "is_active", "issue_key"] if obj is None else ["name", "is_active", "created_at"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [] if obj is None else ["created_at"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
+        return super().get_queryset(request).select_related("quota").annotate(
+            n_keys=Count("api_keys", filter=Q(api_keys__revoked_at__isnull=True), distinct=True),
+            n_runs=Count("training_runs", filter=Q(training_runs__released=False), distinct=True),
+        )
+
+    @admin.display(description="quota")
+    def quota_source(self, obj: Tenant) -> str:
+        return "own" if hasattr(obj, "quota") else "default"
+
+    @admin.display(description="active keys", ordering="n_keys")
+    def active_keys(self, obj: Any) -> int:
+        return int(obj.n_keys)
+
+    @admin.display(description="active runs", ordering="n_runs")
+    def active_runs(self, obj: Any) -> int:
+        return int(obj.n_runs)
+
+    def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if not change and form.cleaned_data.get("issue_key"):
+            key, raw = do_create_api_key(obj, label=f"admin:{request.user}")
+            request._tuft_new_keys = [(key, raw)]  # type: ignore[attr-defined]
+            logger.info("admin %s created tenant %s with key %s", request.user, obj.name, key.prefix)
+
+    def response_add(self, request: HttpRequest, obj: Tenant, post_url_continue: str | None = None) -> HttpResponse:
+        keys = getattr(request, "_tuft_new_keys", None)
+        if keys:
+            return show_new_keys(request, keys, reverse("admin:sessions_app_tenant_change", args=[obj.pk]))
+        return super().response_add(request, obj, post_url_continue)
 
     @admin.action(description="Issue a new API key (shown once)")
-    def issue_key(self, request: HttpRequest, queryset):  # type: ignore[no-untyped-def]
-        for tenant in queryset:
-            _, raw = do_create_api_key(tenant, label=f"admin:{request.user}")
-            self.message_user(request, f"New API key for {tenant}: {raw} (copy it now; it is not stored)",
-                              messages.WARNING)
+    def issue_key(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> HttpResponse:
+        keys = [do_create_api_key(tenant, label=f"admin:{request.user}") for tenant in queryset]
+        return show_new_keys(request, keys, reverse("admin:sessions_app_tenant_changelist"))
+
+    @admin.action(description="Deactivate (all their keys stop working)")
+    def deactivate(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
+        queryset.update(is_active=False)
+
+    @admin.action(description="Activate")
+    def activate(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
+        queryset.update(is_active=True)
+
+
+@admin.register(Quota)
+class QuotaAdmin(admin.ModelAdmin):
+    list_display = ["tenant", *Quota.LIMIT_FIELDS]
+    search_fields = ["tenant__name"]
+    list_select_related = ["tenant"]
+
+
+@admin.register(DefaultQuota)
+class DefaultQuotaAdmin(admin.ModelAdmin):
+    """A single row: the list goes straight to its form."""
+
+    fields = list(DefaultQuota.LIMIT_FIELDS)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        default, _ = DefaultQuota.objects.get_or_create(pk=DefaultQuota.SINGLETON_PK)
+        return HttpResponseRedirect(reverse("admin:sessions_app_defaultquota_change", args=[default.pk]))
+
+
+# -- API keys -------------------------------------------------------------------
+
+
+class KeyStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("active", "active"), ("revoked", "revoked")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> QuerySet[ApiKey]:
+        if self.value() == "active":
+            return queryset.filter(revoked_at__isnull=True)
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        return queryset
 
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["prefix", "tenant", "label", "created_at", "last_used_at", "revoked_at"]
-    list_filter = ["tenant"]
+    list_display = ["prefix", "tenant", "label", "state", "created_at", "last_used_at", "revoked_at"]
+    list_filter = [KeyStateFilter, "tenant"]
+    list_select_related = ["tenant"]
     search_fields = ["prefix", "label", "tenant__name"]
-    readonly_fields = ["prefix", "key_hash", "created_at", "last_used_at", "revoked_at"]
-    fields = ["tenant", "label", "prefix", "key_hash", "created_at", "last_used_at", "revoked_at"]
     actions = ["revoke"]
 
-    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        if obj is None:
+            return ["tenant", "label"]
+        return ["tenant", "label", "prefix", "created_at", "last_used_at", "revoked_at"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [] if obj is None else ["tenant", "prefix", "created_at", "last_used_at", "revoked_at"]
+
+    @admin.display(description="state")
+    def state(self, obj: ApiKey) -> str:
+        return "active" if obj.is_active else "revoked"
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         if change:
             obj.save(update_fields=["label"])
             return
         key, raw = do_create_api_key(obj.tenant, obj.label)
         obj.pk, obj.prefix, obj.key_hash, obj.created_at = key.pk, key.prefix, key.key_hash, key.created_at
-        self.message_user(request, f"New API key: {raw} (copy it now; it is not stored)", messages.WARNING)
+        obj._state.adding = False
+        request._tuft_new_keys = [(key, raw)]  # type: ignore[attr-defined]
+        logger.info("admin %s issued key %s to tenant %s", request.user, key.prefix, obj.tenant.name)
+
+    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None) -> HttpResponse:
+        return show_new_keys(request, request._tuft_new_keys,  # type: ignore[attr-defined]
+                             reverse("admin:sessions_app_apikey_changelist"))
 
     @admin.action(description="Revoke selected keys (they stop working at once)")
-    def revoke(self, request, queryset):  # type: ignore[no-untyped-def]
-        for key in queryset:
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        keys = list(queryset.filter(revoked_at__isnull=True))
+        for key in keys:
             do_revoke_api_key(key)
+            logger.info("admin %s revoked key %s of tenant %s", request.user, key.prefix, key.tenant_id)
+        self.message_user(request, f"Revoked {len(keys)} key(s).", messages.SUCCESS)
+
+
+# -- client sessions ------------------------------------------------------------
 
 
 @admin.register(ClientSession)
 class ClientSessionAdmin(admin.ModelAdmin):
-    list_display = ["id", "tenant", "status", "sdk_version", "created_at", "last_heartbeat_at"]
+    list_display = ["id", "tenant", "status", "display_name", "sdk_version", "n_runs", "created_at",
+                    "last_heartbeat_at"]
     list_filter = ["status", "tenant"]
-    search_fields = ["id", "tenant__name"]
+    list_select_related = ["tenant"]
+    search_fields = ["id", "tenant__name", "display_name"]
+    date_hierarchy = "created_at"
+    readonly_fields = ["id", "tenant", "sdk_version", "idempotency_key", "status", "finish_reason", "created_at",
+                       "last_heartbeat_at", "finished_at"]
+    actions = ["finish"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ClientSession]:
+        return super().get_queryset(request).annotate(runs=Count("training_runs"))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # sessions are opened by SDK clients
+
+    @admin.display(description="runs", ordering="runs")
+    def n_runs(self, obj: Any) -> int:
+        return int(obj.runs)
+
+    @admin.action(description="Finish selected sessions (frees their adapters and quota)")
+    def finish(self, request: HttpRequest, queryset: QuerySet[ClientSession]) -> None:
+        for session in queryset.filter(status=ClientSession.Status.ACTIVE):
+            do_finish_session(session, ClientSession.Status.FINISHED, f"finished by admin {request.user}")
+
+
+# -- usage ------------------------------------------------------------------------
 
 
 @admin.register(DailyUsage)
 class DailyUsageAdmin(admin.ModelAdmin):
-    list_display = ["day", "tenant", "training_tokens", "prefill_tokens", "sampled_tokens", "operations",
-                    "failed_operations"]
+    """Read-only: usage is recorded by the server as work completes."""
+
+    list_display = ["day", "tenant", "training_tokens", "prefill_tokens", "sampled_tokens", "storage",
+                    "operations", "failed_operations"]
     list_filter = ["tenant", "day"]
+    list_select_related = ["tenant"]
+    search_fields = ["tenant__name"]
+    date_hierarchy = "day"
+    actions = ["export_csv"]
+    change_list_template = "admin/sessions_app/dailyusage/change_list.html"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="checkpoint storage", ordering="checkpoint_bytes")
+    def storage(self, obj: DailyUsage) -> str:
+        return filesizeformat(obj.checkpoint_bytes)
+
+    def get_urls(self) -> list[Any]:
+        return [
+            path("export.csv", self.admin_site.admin_view(self.export_view), name="sessions_app_dailyusage_export"),
+            *super().get_urls(),
+        ]
+
+    def export_view(self, request: HttpRequest) -> HttpResponse:
+        """The changelist's rows (with its filters and search applied) as CSV."""
+        if not self.has_view_permission(request):
+            return HttpResponse(status=403)
+        changelist = self.get_changelist_instance(request)
+        return self._csv(changelist.get_queryset(request))
+
+    @admin.action(description="Export selected rows as CSV", permissions=["view"])
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[DailyUsage]) -> HttpResponse:
+        return self._csv(queryset)
+
+    def _csv(self, queryset: QuerySet[DailyUsage]) -> HttpResponse:
+        out = io.StringIO()
+        write_usage_csv(queryset.select_related("tenant").order_by("day", "tenant__name"), out)
+        response = HttpResponse(out.getvalue(), content_type="text/csv")
+        response["Content-Disposition"] = f'attachment; filename="tuft-usage-{timezone.now().date()}.csv"'
+        return response
+

@@ -1,18 +1,40 @@
 """Per-tenant limits, enforced when work is submitted.
 
-Errors are 403 ``quota_exceeded`` (not retried by the SDK) for limits that
-waiting will not lift; never 409 or 402, which the SDK retries for minutes.
+Which limits apply: the tenant's own ``Quota`` row if it has one, otherwise the
+``DefaultQuota`` (so a new tenant starts under the default); an empty field is
+unlimited.
+
+Errors are 403 ``quota_exceeded`` (``QuotaExceeded``; the SDK does not retry
+it) for limits that waiting will not lift. Never 409 or 402, which the SDK
+retries for minutes; 429 is kept for back-pressure the client should wait out
+(see ``sampling_app.actions``). Checks made inside an operation (token budget
+of ``forward_backward``, checkpoint storage) fail that future with category
+``user`` and the same message.
 """
 
 from __future__ import annotations
 
-from sessions_app.models import Quota, Tenant
+import logging
+from dataclasses import dataclass
+
+from sessions_app.models import DefaultQuota, QuotaLimits, Tenant
 from tuft_project.exceptions import QuotaExceeded
 
+logger = logging.getLogger(__name__)
 
-def quota_for(tenant: Tenant) -> Quota:
-    quota = Quota.objects.filter(tenant=tenant).first()
-    return quota if quota is not None else Quota.default_for(tenant)
+
+def quota_for(tenant: Tenant) -> QuotaLimits:
+    """The limits that apply to ``tenant`` now: its own quota, else the default."""
+    from sessions_app.models import Quota
+
+    own = Quota.objects.filter(tenant=tenant).first()
+    return own if own is not None else DefaultQuota.load()
+
+
+def _refuse(tenant: Tenant, message: str) -> QuotaExceeded:
+    # Failed futures carry only the message, so it says by itself that a quota refused it.
+    logger.info("quota refused for tenant %s: %s", tenant.pk, message)
+    return QuotaExceeded(f"quota exceeded: {message}")
 
 
 def check_training_run_quota(tenant: Tenant, rank: int) -> None:
@@ -20,13 +42,14 @@ def check_training_run_quota(tenant: Tenant, rank: int) -> None:
 
     quota = quota_for(tenant)
     if quota.max_lora_rank is not None and rank > quota.max_lora_rank:
-        raise QuotaExceeded(f"LoRA rank {rank} exceeds this tenant's maximum of {quota.max_lora_rank}")
+        raise _refuse(tenant, f"LoRA rank {rank} exceeds this tenant's maximum of {quota.max_lora_rank}")
     if quota.max_training_runs is not None:
         active = TrainingRun.objects.filter(tenant=tenant, released=False).count()
         if active >= quota.max_training_runs:
-            raise QuotaExceeded(
+            raise _refuse(
+                tenant,
                 f"this tenant already has {active} active training runs (limit {quota.max_training_runs}); "
-                "close a session to free one"
+                "close a session to free one",
             )
 
 
@@ -37,27 +60,57 @@ def check_sampling_session_quota(tenant: Tenant) -> None:
     if quota.max_sampling_sessions is not None:
         active = SamplingSession.objects.filter(tenant=tenant, session__status="active").count()
         if active >= quota.max_sampling_sessions:
-            raise QuotaExceeded(
+            raise _refuse(
+                tenant,
                 f"this tenant already has {active} sampling sessions in active sessions "
-                f"(limit {quota.max_sampling_sessions})"
+                f"(limit {quota.max_sampling_sessions}); close a session to free one",
             )
 
 
 def check_checkpoint_storage(tenant: Tenant) -> None:
+    """Before a save: refuse at once when the storage quota is already used up."""
     from sessions_app.usage import checkpoint_bytes
 
     quota = quota_for(tenant)
     if quota.max_checkpoint_bytes is not None:
         used = checkpoint_bytes(tenant)
         if used >= quota.max_checkpoint_bytes:
-            raise QuotaExceeded(
+            raise _refuse(
+                tenant,
                 f"checkpoint storage quota exhausted ({used} of {quota.max_checkpoint_bytes} bytes); "
-                "delete checkpoints to free space"
+                "delete checkpoints to free space",
             )
 
 
+def check_checkpoint_fits(tenant: Tenant, tinker_path: str, size: int) -> None:
+    """After a save wrote ``size`` bytes: refuse if keeping it would exceed the quota.
+
+    A checkpoint's size is only known once written, so the caller removes the
+    files when this raises. An overwritten checkpoint's old bytes do not count.
+    """
+    from training_app.models import Checkpoint
+
+    from sessions_app.usage import checkpoint_bytes
+
+    quota = quota_for(tenant)
+    if quota.max_checkpoint_bytes is None:
+        return
+    replaced = Checkpoint.objects.filter(tenant=tenant, tinker_path=tinker_path).values_list("size_bytes", flat=True)
+    total = checkpoint_bytes(tenant) - sum(replaced) + size
+    if total > quota.max_checkpoint_bytes:
+        raise _refuse(
+            tenant,
+            f"checkpoint of {size} bytes would take storage to {total} bytes, over the quota of "
+            f"{quota.max_checkpoint_bytes}; delete checkpoints to free space",
+        )
+
+
 def check_token_budget(tenant: Tenant, kind: str, tokens: int) -> None:
-    """``kind`` is "train" or "sample"; the budget resets at 00:00 UTC."""
+    """``kind`` is "train" or "sample"; the budget resets at 00:00 UTC.
+
+    Counted against finished work: requests already in flight when the budget
+    runs out still complete, so usage can pass the budget by at most those.
+    """
     from sessions_app.usage import usage_today
 
     quota = quota_for(tenant)
@@ -67,6 +120,39 @@ def check_token_budget(tenant: Tenant, kind: str, tokens: int) -> None:
     usage = usage_today(tenant)
     used = usage.training_tokens if kind == "train" else usage.prefill_tokens + usage.sampled_tokens
     if used + tokens > limit:
-        raise QuotaExceeded(
-            f"daily {kind} token budget exhausted ({used} used + {tokens} requested > {limit}); resets at 00:00 UTC"
+        raise _refuse(
+            tenant,
+            f"daily {kind} token budget exhausted ({used} used + {tokens} requested > {limit}); "
+            "resets at 00:00 UTC",
         )
+
+
+@dataclass(frozen=True)
+class QuotaLine:
+    """One limit next to what the tenant uses of it now (for the dashboard)."""
+
+    name: str
+    label: str
+    used: int
+    limit: int | None
+
+
+def quota_status(tenant: Tenant) -> list[QuotaLine]:
+    from sampling_app.models import SamplingSession
+    from training_app.models import TrainingRun
+
+    from sessions_app.usage import checkpoint_bytes, usage_today
+
+    quota = quota_for(tenant)
+    today = usage_today(tenant)
+    return [
+        QuotaLine("max_training_runs", "Active training runs",
+                  TrainingRun.objects.filter(tenant=tenant, released=False).count(), quota.max_training_runs),
+        QuotaLine("max_sampling_sessions", "Sampling sessions",
+                  SamplingSession.objects.filter(tenant=tenant, session__status="active").count(),
+                  quota.max_sampling_sessions),
+        QuotaLine("max_checkpoint_bytes", "Checkpoint bytes", checkpoint_bytes(tenant), quota.max_checkpoint_bytes),
+        QuotaLine("train_tokens_per_day", "Training tokens today", today.training_tokens, quota.train_tokens_per_day),
+        QuotaLine("sample_tokens_per_day", "Sampling tokens today", today.prefill_tokens + today.sampled_tokens,
+                  quota.sample_tokens_per_day),
+    ]

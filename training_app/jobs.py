@@ -9,6 +9,7 @@ job) runs for one operation. Handlers are registered per operation kind with
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -75,6 +76,7 @@ class EngineExecutor:
             return
         if op.is_done:  # failed at submission: only its place in the order remains
             _advance_run(op)
+            _count_refused(op)
             completion_hub.notify(op.request_id)
             return
         Operation.objects.filter(pk=op.pk).update(status=Operation.Status.RUNNING, started_at=timezone.now())
@@ -101,6 +103,19 @@ class EngineExecutor:
     def release_run(self, run_id: str) -> None:
         if self._engine is not None:
             self._engine.release_run(run_id)
+
+
+def _count_refused(op: Operation) -> None:
+    """A request refused at submission (e.g. over a token budget) is a failed operation in usage, once.
+
+    Such an operation never ran, so ``started_at`` is empty; claiming it here
+    keeps a re-dispatch from counting it twice.
+    """
+    from sessions_app.usage import record_operation_usage
+
+    with transaction.atomic():
+        if Operation.objects.filter(pk=op.pk, started_at__isnull=True).update(started_at=op.finished_at):
+            record_operation_usage(op, None)
 
 
 def _advance_run(op: Operation) -> None:
@@ -192,6 +207,16 @@ def _save(engine: Engine, op: Operation, kind: str, name: str, with_optimizer: b
     check_checkpoint_storage(op.tenant)
     rel = storage_relpath(op.tenant_id, path)
     size = engine.save(run.id, absolute(rel), with_optimizer=with_optimizer, overwrite=overwrite)
+    from sessions_app.quotas import check_checkpoint_fits
+
+    try:
+        check_checkpoint_fits(op.tenant, str(path), size)
+    except ApiError:
+        # The size is known only once written: remove what would break the quota.
+        # An overwritten checkpoint's old files are gone too, so its row goes with them.
+        shutil.rmtree(absolute(rel), ignore_errors=True)
+        Checkpoint.objects.filter(tinker_path=str(path)).delete()
+        raise
     from training_app.actions import do_record_checkpoint
 
     return do_record_checkpoint(
@@ -218,9 +243,14 @@ def _save_weights_for_sampler(engine: Engine, op: Operation) -> Outcome:
 
     if body.sampling_session_seq_id is None:
         raise UserInputError("save_weights_for_sampler needs a path or a sampling_session_seq_id")
-    ckpt = _save(engine, op, Checkpoint.Kind.SAMPLER, f"auto-{op.request_id}", False, True)
+    from sampling_app.models import SamplingSession
+    from sessions_app.quotas import check_sampling_session_quota
+
     run = op.training_run
     assert run is not None
+    if not SamplingSession.objects.filter(id=f"{run.session_id}:sample:{body.sampling_session_seq_id}").exists():
+        check_sampling_session_quota(op.tenant)  # this save also opens a sampling session
+    ckpt = _save(engine, op, Checkpoint.Kind.SAMPLER, f"auto-{op.request_id}", False, True)
     sampler = do_create_sampling_session_for_checkpoint(run.session, body.sampling_session_seq_id, ckpt)
     return Outcome(result={"sampling_session_id": sampler.id, "path": ckpt.tinker_path,
                            "type": "save_weights_for_sampler"})

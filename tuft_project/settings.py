@@ -52,6 +52,8 @@ INSTALLED_APPS = [
     "sessions_app",
     "training_app",
     "sampling_app",
+    "channels",
+    "dashboard_app",
 ]
 
 MIDDLEWARE = [
@@ -94,6 +96,22 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+
+# Live dashboard events (dashboard_app.live). In-memory is enough when the worker
+# runs inside the server process (embedded); RQ workers in other processes publish
+# through Redis, which needs the channels-redis package.
+CHANNEL_LAYERS = (
+    {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+    if REDIS_URL else {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+)
+# Web side (admin and dashboard). Staff log in through the admin; tenants with an API key.
+LOGIN_URL = "/admin/login/"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+# Behind TLS set TUFT_SECURE_COOKIES=1 (cookies only over https) and, if a proxy
+# changes the host, TUFT_CSRF_TRUSTED_ORIGINS=https://tuft.example.org.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = os.environ.get("TUFT_SECURE_COOKIES", "0") == "1"
+CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("TUFT_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [

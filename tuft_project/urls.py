@@ -2,6 +2,7 @@
 
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from sampling_app import views as sampling
 from sessions_app import views as sessions
@@ -43,6 +44,8 @@ api = [
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("dashboard/", include("dashboard_app.urls")),
+    path("", RedirectView.as_view(pattern_name="dashboard:overview", permanent=False)),
     path("api/v1/", include(api)),
 ]
 

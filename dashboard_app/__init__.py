@@ -1,0 +1,1 @@
+"""Web dashboard: server-rendered pages and live WebSocket updates for operators and tenants."""

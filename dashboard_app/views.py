@@ -1,0 +1,136 @@
+"""Dashboard pages (server-rendered). Data comes from ``queries``; live parts over WebSockets.
+
+Access: every page needs a viewer (staff or tenant, see ``viewers``); pages
+marked ``staff_only`` answer 403 to a tenant. Another tenant's run is a 404,
+the same as a run that does not exist.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from functools import wraps
+from typing import Any, Callable
+from urllib.parse import urlencode
+
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods, require_POST
+
+from dashboard_app import queries
+from dashboard_app.viewers import Viewer, log_in_tenant, log_out, viewer_for_request
+from sessions_app.models import DailyUsage
+from sessions_app.quotas import quota_for, quota_status
+from sessions_app.usage import write_usage_csv
+from training_app.models import TrainingRun
+
+logger = logging.getLogger(__name__)
+
+View = Callable[..., HttpResponse]
+
+
+def viewer_required(view: View) -> View:
+    @wraps(view)
+    @never_cache
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        viewer = viewer_for_request(request)
+        if viewer is None:
+            return HttpResponseRedirect(f"{reverse('dashboard:login')}?{urlencode({'next': request.get_full_path()})}")
+        request.viewer = viewer  # type: ignore[attr-defined]
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def staff_only(view: View) -> View:
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.viewer.is_staff:  # type: ignore[attr-defined]
+            return render(request, "dashboard/forbidden.html", {"viewer": request.viewer}, status=403)  # type: ignore[attr-defined]
+        return view(request, *args, **kwargs)
+
+    return viewer_required(wrapper)
+
+
+@require_http_methods(["GET", "POST"])
+@never_cache
+def login(request: HttpRequest) -> HttpResponse:
+    """Tenants log in with an API key; staff use the admin login (linked from the page)."""
+    next_url = request.POST.get("next") or request.GET.get("next") or ""
+    if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()},
+                                           require_https=request.is_secure()):
+        next_url = reverse("dashboard:overview")
+    error = ""
+    if request.method == "POST":
+        if log_in_tenant(request, request.POST.get("api_key", "")) is not None:
+            return HttpResponseRedirect(next_url)
+        error = "That key is not valid (wrong, revoked, or its tenant is deactivated)."
+    staff_login = f"{reverse('admin:login')}?{urlencode({'next': next_url})}"
+    return render(request, "dashboard/login.html",
+                  {"error": error, "next": next_url, "staff_login": staff_login}, status=401 if error else 200)
+
+
+@require_POST
+def logout(request: HttpRequest) -> HttpResponse:
+    log_out(request)
+    return HttpResponseRedirect(reverse("dashboard:login"))
+
+
+def _viewer(request: HttpRequest) -> Viewer:
+    return request.viewer  # type: ignore[attr-defined, no-any-return]
+
+
+@viewer_required
+def overview(request: HttpRequest) -> HttpResponse:
+    viewer = _viewer(request)
+    runs = queries.runs(viewer)
+    context: dict[str, Any] = {
+        "viewer": viewer,
+        "runs": runs,
+        "sessions": queries.sessions(viewer),
+        "checkpoints": queries.checkpoints(viewer),
+        "samplers": queries.sampling_sessions(viewer),
+        "charts": {
+            "usage": queries.usage_series(viewer),
+            "storage": queries.checkpoint_storage_by_run(viewer),
+            "status": queries.live_status(viewer),
+            "sparks": {run["id"]: run["spark"] for run in runs},
+        },
+    }
+    if viewer.tenant is not None:
+        context["quota_lines"] = quota_status(viewer.tenant)
+        context["max_lora_rank"] = quota_for(viewer.tenant).max_lora_rank
+    return render(request, "dashboard/overview.html", context)
+
+
+@viewer_required
+def run_detail(request: HttpRequest, run_id: str) -> HttpResponse:
+    viewer = _viewer(request)
+    run = viewer.scope(TrainingRun.objects.select_related("tenant")).filter(pk=run_id).first()
+    if run is None:
+        raise Http404("no such training run")
+    detail = queries.run_detail(run)
+    checkpoints = list(run.checkpoints.order_by("-created_at"))
+    return render(request, "dashboard/run.html",
+                  {"viewer": viewer, "run": run, "detail": detail, "checkpoints": checkpoints})
+
+
+@staff_only
+def tenants(request: HttpRequest) -> HttpResponse:
+    return render(request, "dashboard/tenants.html",
+                  {"viewer": _viewer(request), "tenants": queries.tenant_summaries()})
+
+
+@viewer_required
+def usage_csv(request: HttpRequest) -> HttpResponse:
+    """The viewer's daily usage (a tenant: its own; staff: every tenant) as CSV."""
+    rows = _viewer(request).scope(DailyUsage.objects.all()).select_related("tenant").order_by("day", "tenant__name")
+    out = io.StringIO()
+    write_usage_csv(rows, out)
+    response = HttpResponse(out.getvalue(), content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="tuft-usage-{timezone.now().date()}.csv"'
+    return response
