@@ -1,0 +1,65 @@
+"""models.yaml parsing and start-up errors (issue #2, start-up)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tuft_project.model_config import ConfigError, PersistenceConfig, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "models.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_config(tmp_path: Path, tiny_model_dir: Path) -> None:
+    config = load_config(_write(tmp_path, f"""
+supported_models:
+  - model_name: m
+    model_path: {tiny_model_dir}
+    max_model_len: 512
+    tensor_parallel_size: 1
+persistence:
+  mode: redis_url
+  redis_url: redis://127.0.0.1:6379/3
+  namespace: t
+"""))
+    assert config.models[0].model_name == "m" and config.models[0].max_model_len == 512
+    assert config.persistence == PersistenceConfig.from_redis_url("redis://127.0.0.1:6379/3", "t")
+
+
+@pytest.mark.parametrize("body, message", [
+    ("supported_models:\n  - model_name: m\n    model_path: {p}\n    max_model_len: 8\n    colour: red\n", "unknown key(s) colour"),
+    ("supported_models:\n  - model_name: m\n    model_path: /no/such/dir\n    max_model_len: 8\n", "not a Hugging Face model directory"),
+    ("supported_models: []\n", "non-empty list"),
+    ("supported_models:\n  - model_name: m\n    model_path: {p}\n", "missing key(s) max_model_len"),
+    ("supported_models:\n  - model_name: m\n    model_path: {p}\n    max_model_len: 8\npersistence: {{mode: sometimes}}\n", "unknown mode"),
+    ("models: []\n", "unknown key(s) models"),
+])
+def test_config_errors(tmp_path: Path, tiny_model_dir: Path, body: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(_write(tmp_path, body.format(p=tiny_model_dir)))
+
+
+def test_tuft_refuses_a_bad_config_at_start_up(tmp_path: Path) -> None:
+    bad = _write(tmp_path, "supported_models:\n  - model_name: m\n    model_path: /no/such\n    max_model_len: 8\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "tuft_project.cli", "--home", str(tmp_path / "home"), "--model-config", str(bad),
+         "--port", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert out.returncode == 2
+    assert "not a Hugging Face model directory" in out.stderr
+
+
+def test_tuft_help_lists_the_documented_options() -> None:
+    out = subprocess.run([sys.executable, "-m", "tuft_project.cli", "--help"], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    for option in ("--port", "--checkpoint-dir", "--model-config", "--home"):
+        assert option in out.stdout
