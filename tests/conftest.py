@@ -86,9 +86,43 @@ def write_models_yaml(path: Path, model_dir: Path, max_model_len: int = 256) -> 
     return path
 
 
-def start_server(home: Path, model_config: Path, extra_env: dict[str, str] | None = None) -> LiveServer:
+def fresh_database_url(base: str | None = None) -> str | None:
+    """A new, empty PostgreSQL database when ``base`` (default DATABASE_URL) is PostgreSQL, else None.
+
+    Every live server needs a database of its own (each migrates it and creates
+    its tenants); it is dropped when the test session ends.
+    """
+    base = base or os.environ.get("DATABASE_URL", "")
+    if not base.startswith(("postgres://", "postgresql://")):
+        return None
+    import atexit
+    import secrets
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    name = "tuft_test_" + secrets.token_hex(6)
+    parts = urlsplit(base)
+    admin_url = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        try:
+            with psycopg.connect(admin_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except psycopg.Error:
+            pass
+
+    atexit.register(drop)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+def start_server(home: Path, model_config: Path, extra_env: dict[str, str] | None = None,
+                 port: int | None = None) -> LiveServer:
+    """Start ``tuft``; pass ``port`` (and the first start's DATABASE_URL) to restart the same server."""
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     env = {
         **os.environ,
         "TUFT_HOME": str(home),
@@ -97,6 +131,10 @@ def start_server(home: Path, model_config: Path, extra_env: dict[str, str] | Non
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
     }
+    if "DATABASE_URL" not in (extra_env or {}):
+        database_url = fresh_database_url()
+        if database_url:
+            env["DATABASE_URL"] = database_url
     log_path = home / "server.log"
     log = open(log_path, "ab")
     process = subprocess.Popen(

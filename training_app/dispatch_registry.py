@@ -1,7 +1,9 @@
-"""The process's dispatcher, chosen from settings on first use.
+"""The process's dispatcher, chosen from the configuration on first use.
 
 Embedded (default): worker threads in this process own the ``Engine``.
-Distributed (``REDIS_URL`` set): operations go to RQ queues (issue #4 work).
+Distributed (models.yaml ``persistence.mode: redis_url`` or ``REDIS_URL``):
+operations go to django-rq queues drained by ``manage.py tuft_worker``
+processes (training_app.rq_dispatch); this process never loads a model.
 """
 
 from __future__ import annotations
@@ -25,9 +27,22 @@ def get_dispatcher() -> Dispatcher:
         return _dispatcher
 
 
+def is_distributed() -> bool:
+    from training_app.queues import get_backend
+
+    return get_backend() is not None
+
+
 def _build() -> Dispatcher:
+    from training_app.queues import get_backend
+
+    backend = get_backend()
+    if backend is not None:
+        from training_app.rq_dispatch import RQDispatcher
+
+        return RQDispatcher(backend)
     from training_app.jobs import EngineExecutor
 
     executor = EngineExecutor()
-    logger.info("using the embedded worker (no REDIS_URL)")
+    logger.info("using the embedded worker (no REDIS_URL or persistence.redis_url)")
     return EmbeddedDispatcher(executor.execute, executor.release_run)

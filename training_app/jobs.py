@@ -53,12 +53,43 @@ def handles(kind: str) -> Callable[[Handler], Handler]:
     return deco
 
 
+class ExecutionHooks:
+    """How an executor claims, prepares and commits one operation.
+
+    This default is the embedded worker's: the process that records operations
+    runs them, and a run's adapter lives only in its memory. Distributed workers
+    use ``training_app.handoff.HandoffHooks`` (leases, automatic checkpoints,
+    restore when a run moves between workers).
+    """
+
+    def claim(self, op: Operation) -> bool:
+        """Mark ``op`` running; False when it is not this executor's to run."""
+        Operation.objects.filter(pk=op.pk).update(status=Operation.Status.RUNNING, started_at=timezone.now())
+        return True
+
+    def prepare(self, engine: Engine, op: Operation) -> None:
+        """Make sure the engine holds the run state ``op`` needs; raise EngineError if it cannot."""
+        run = op.training_run
+        if run is not None and op.kind != Operation.Kind.CREATE_MODEL and op.seq_id != 0:
+            if run.released:
+                raise UserInputError(f"training run {run.id} was released when its session ended")
+            if not engine.has_run(run.id):
+                raise EngineError(f"training run {run.id} is not loaded (the server restarted?)")
+
+    def persist(self, engine: Engine, op: Operation) -> None:
+        """Runs after the handler succeeded, before its outcome is committed."""
+
+    def guard(self, op: Operation, succeeded: bool) -> None:
+        """Runs first inside the transaction that records the outcome; raise to record nothing."""
+
+
 class EngineExecutor:
     """Runs operations against this process's engine."""
 
-    def __init__(self) -> None:
+    def __init__(self, hooks: ExecutionHooks | None = None) -> None:
         self._engine: Engine | None = None
         self._lock = threading.Lock()
+        self.hooks = hooks or ExecutionHooks()
 
     @property
     def engine(self) -> Engine:
@@ -79,24 +110,22 @@ class EngineExecutor:
             _count_refused(op)
             completion_hub.notify(op.request_id)
             return
-        Operation.objects.filter(pk=op.pk).update(status=Operation.Status.RUNNING, started_at=timezone.now())
+        if not self.hooks.claim(op):
+            return
+        guard = self.hooks.guard
         try:
-            run = op.training_run
-            if run is not None and op.kind != Operation.Kind.CREATE_MODEL and op.seq_id != 0:
-                if run.released:
-                    raise UserInputError(f"training run {run.id} was released when its session ended")
-                if not self.engine.has_run(run.id):
-                    raise EngineError(f"training run {run.id} is not loaded (the server restarted?)")
+            self.hooks.prepare(self.engine, op)
             outcome = HANDLERS[op.kind](self.engine, op)
+            self.hooks.persist(self.engine, op)
         except EngineError as exc:
-            _finish(op, error=str(exc), category="user" if exc.user else "server")
+            _finish(op, error=str(exc), category="user" if exc.user else "server", guard=guard)
         except ApiError as exc:  # e.g. a checkpoint that is not (or no longer) accessible
-            _finish(op, error=exc.detail, category="user")
+            _finish(op, error=exc.detail, category="user", guard=guard)
         except Exception as exc:
             logger.exception("operation %s (%s) of tenant %s failed", op.request_id, op.kind, op.tenant_id)
-            _finish(op, error=f"internal error: {type(exc).__name__}: {exc}", category="server")
+            _finish(op, error=f"internal error: {type(exc).__name__}: {exc}", category="server", guard=guard)
         else:
-            _finish(op, outcome=outcome)
+            _finish(op, outcome=outcome, guard=guard)
         finally:
             close_old_connections()
 
@@ -123,8 +152,13 @@ def _advance_run(op: Operation) -> None:
         TrainingRun.objects.filter(pk=op.training_run_id, next_seq_id__lte=op.seq_id).update(next_seq_id=op.seq_id + 1)
 
 
-def _finish(op: Operation, outcome: Outcome | None = None, error: str = "", category: str = "") -> None:
+def _finish(
+    op: Operation, outcome: Outcome | None = None, error: str = "", category: str = "",
+    guard: Callable[[Operation, bool], None] | None = None,
+) -> None:
     with transaction.atomic():
+        if guard is not None:
+            guard(op, outcome is not None)
         if outcome is not None:
             Operation.objects.filter(pk=op.pk).update(
                 status=Operation.Status.COMPLETED, result=outcome.result, result_blob=outcome.blob,

@@ -18,7 +18,53 @@ RESTART_ERROR = "server restarted before this operation finished; resubmit it"
 
 
 def recover_after_restart() -> None:
-    """Embedded mode without persistence: nothing in memory survived the restart.
+    """What a starting API server does with the previous process's unfinished work.
+
+    Persistence mode ``redis_url`` (distributed): everything is in the database
+    and workers hold the run state, so nothing is lost: sessions, runs,
+    sampling sessions and futures carry on, and pending operations are queued
+    again in case Redis lost them. Mode ``disabled``: see ``fail_unfinished``.
+    """
+    from training_app.queues import get_backend
+
+    backend = get_backend()
+    if backend is not None and backend.persistent:
+        requeue_unfinished()
+    else:
+        fail_unfinished()
+
+
+def requeue_unfinished() -> None:
+    """Queue a drain of every run with unfinished operations and every pending sample.
+
+    Duplicates of jobs Redis still holds are harmless (a drain with nothing to
+    do returns; a sample already claimed is skipped). Redis being down is fine
+    too: the workers' reaper queues them once it is back.
+    """
+    import redis
+
+    from training_app import queues
+
+    runs = set(
+        Operation.objects.filter(status__in=[Operation.Status.PENDING, Operation.Status.RUNNING],
+                                 training_run__isnull=False).values_list("training_run_id", flat=True)
+    )
+    samples = list(Operation.objects.filter(kind=Operation.Kind.SAMPLE, status=Operation.Status.PENDING)
+                   .values_list("request_id", flat=True))
+    try:
+        for run_id in runs:
+            queues.enqueue_drain(run_id, force=True)
+        for request_id in samples:
+            queues.enqueue_sample(request_id)
+    except redis.RedisError as exc:
+        logger.warning("Redis unavailable at start-up (%s); workers re-queue pending work when it is back", exc)
+    if runs or samples:
+        logger.info("after restart: resumed %d run(s) with unfinished operations and %d pending sample(s)",
+                    len(runs), len(samples))
+
+
+def fail_unfinished() -> None:
+    """Persistence disabled: nothing in memory survived the restart.
 
     Unfinished futures fail with a clear error (they never hang), sessions of
     the previous process are closed, and their runs released; checkpoints on

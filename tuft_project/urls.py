@@ -44,6 +44,8 @@ api = [
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    # RQ's dashboard (queues, workers, jobs) for distributed mode; staff login required.
+    path("django-rq/", include("django_rq.urls")),
     path("dashboard/", include("dashboard_app.urls")),
     path("", RedirectView.as_view(pattern_name="dashboard:overview", permanent=False)),
     path("api/v1/", include(api)),

@@ -1,0 +1,141 @@
+"""Distributed mode end to end: the SDK against an API process and RQ worker processes.
+
+One deployment for the module (Redis at 127.0.0.1:6379 in a namespace of its
+own, persistence mode redis_url, PostgreSQL when it answers); the tests kill
+and restart its processes and leave it with two live workers.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+import tinker
+
+from tests.distributed.cluster import Cluster, postgres_database, redis_reachable, wait_for_file
+from tests.distributed.training import ADAM, STEPS, greedy, new_run, step, submit_step
+
+REDIS_URL = "redis://127.0.0.1:6379/9"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Cluster]:
+    if not redis_reachable(REDIS_URL):
+        pytest.skip("Redis is not running at 127.0.0.1:6379 (start it with .ci/services.sh)")
+    c = Cluster(home=tmp_path_factory.mktemp("cluster"), model_dir=tiny_model_dir, redis_url=REDIS_URL,
+                database_url=postgres_database())
+    try:
+        c.start_api()
+        c.start_worker("w1")
+        c.start_worker("w2")
+        c.create_tenant("alice")
+        c.create_tenant("bob")
+        c.wait_workers("w1", "w2")
+        yield c
+    finally:
+        c.stop()
+
+
+def client(cluster: Cluster, tenant: str = "alice") -> tinker.ServiceClient:
+    return tinker.ServiceClient(base_url=cluster.url, api_key=cluster.keys[tenant])
+
+
+def test_two_tenants_train_and_sample_through_two_workers(cluster: Cluster, reference_losses: list[float]) -> None:
+    results: dict[str, object] = {}
+
+    def tenant(name: str) -> None:
+        try:
+            training_client = new_run(client(cluster, name))
+            results[name] = [step(training_client) for _ in range(STEPS)]
+            results[name + ":sample"] = greedy(training_client.save_weights_and_get_sampling_client())
+        except Exception as exc:  # surfaced by the asserts below
+            results[name] = exc
+
+    threads = [threading.Thread(target=tenant, args=(name,)) for name in ("alice", "bob")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    assert results["alice"] == pytest.approx(reference_losses, rel=1e-5), cluster.logs()
+    assert results["bob"] == pytest.approx(reference_losses, rel=1e-5)
+    assert results["alice:sample"] == results["bob:sample"]
+
+    status = cluster.queues()
+    assert status["mode"] == "distributed" and status["persistence"] == "redis_url"
+    assert {"w1", "w2"} <= {w["name"] for w in status["workers"] if w["alive"]}
+    assert status["operations"] == {"pending": 0, "running": 0}
+    assert {f"{cluster.namespace}-train", f"{cluster.namespace}-sample"} <= set(status["queues"])
+    # RQ's dashboard is there, behind the admin login.
+    r = httpx.get(f"{cluster.url}/django-rq/", follow_redirects=False, timeout=10)
+    assert r.status_code == 302 and "/admin/login/" in r.headers["location"]
+
+
+def test_resubmitted_seq_id_returns_the_same_future(cluster: Cluster) -> None:
+    training_client = new_run(client(cluster))
+    step(training_client)  # seq 1 forward_backward, seq 2 optim_step
+    body = {"model_id": training_client.model_id, "seq_id": 2, "adam_params": ADAM.model_dump(),
+            "type": "optim_step"}
+    headers = {"X-API-Key": cluster.keys["alice"]}
+    first = httpx.post(f"{cluster.url}/api/v1/optim_step", json=body, headers=headers, timeout=30).json()
+    again = httpx.post(f"{cluster.url}/api/v1/optim_step", json=body, headers=headers, timeout=30).json()
+    assert first["request_id"] == again["request_id"]
+
+
+def test_run_survives_api_and_worker_restarts(cluster: Cluster, reference_losses: list[float]) -> None:
+    service_client = client(cluster)
+    training_client = new_run(service_client)
+    losses = [step(training_client), step(training_client)]
+    sampler = training_client.save_weights_and_get_sampling_client()
+    before = greedy(sampler)
+
+    # Every process dies while step 3 is pending: no worker is left, and the API
+    # restarts with the step queued. New workers, which never saw the run,
+    # resume it from its last completed step; the client just keeps polling.
+    cluster.kill_worker("w1")
+    cluster.kill_worker("w2")
+    fb, opt = submit_step(training_client)
+    cluster.wait_sql_count("select count(*) from training_app_operation where training_run_id = %s", 8,
+                           training_client.model_id)
+    cluster.kill_api()
+    cluster.start_api()
+    cluster.start_worker("w3")
+    cluster.start_worker("w4")
+    losses.append(float(fb.result().metrics["loss:sum"]))
+    opt.result()
+    losses.append(step(training_client))
+    assert losses == pytest.approx(reference_losses, rel=1e-5), cluster.logs()
+    assert greedy(sampler) == before  # the sampling session survived too
+
+
+def test_worker_killed_mid_step_is_taken_over(cluster: Cluster, reference_losses: list[float],
+                                               tmp_path: Path) -> None:
+    """SIGKILL mid forward_backward, then mid optim_step: each runs again on a live worker, once."""
+    for name in list(cluster.workers):
+        cluster.kill_worker(name)
+    fb_marker, opt_marker = tmp_path / "fb.pid", tmp_path / "opt.pid"
+    armed = {"TUFT_FAILPOINT": f"forward_backward:{fb_marker},optim_step:{opt_marker}"}
+    cluster.start_worker("f1", armed)
+    cluster.start_worker("f2", armed)
+    training_client = new_run(client(cluster))
+    fb, opt = submit_step(training_client)
+
+    # The first worker stalls after applying forward_backward in memory; kill it.
+    cluster.kill_pid(int(wait_for_file(fb_marker, 120, cluster)))
+    # The other one takes the run over once the lease runs out, redoes the
+    # forward_backward and stalls in optim_step after updating its weights; kill it.
+    cluster.kill_pid(int(wait_for_file(opt_marker, 120, cluster)))
+    cluster.start_worker("r1")
+    cluster.start_worker("r2")
+    losses = [float(fb.result().metrics["loss:sum"])]
+    opt.result()
+    losses += [step(training_client) for _ in range(STEPS - 1)]
+    # Each step was applied exactly once: the same losses as the uninterrupted run.
+    assert losses == pytest.approx(reference_losses, rel=1e-5), cluster.logs()
+    attempts = cluster.sql_rows(
+        "select kind, attempts from training_app_operation where training_run_id = %s and seq_id in (1, 2)",
+        training_client.model_id,
+    )
+    assert sorted(attempts) == [("forward_backward", 2), ("optim_step", 2)]

@@ -1,0 +1,232 @@
+"""How a training run's state moves between distributed workers.
+
+Rules (docs/distributed.md explains the design):
+
+* **One worker at a time per run.** A worker executes a run's operations only
+  while it holds the run's lease (``TrainingRun.lease_owner``/``lease_expires_at``,
+  in the database, on the database's clock). A live worker renews its leases
+  every few seconds; a SIGKILLed worker's lease runs out and another worker
+  takes the run over.
+* **Automatic internal checkpoints.** After every operation that changes a
+  run's weights or optimizer (create_model, load_weights, optim_step) the
+  worker writes adapter + optimizer state to
+  ``TUFT_CHECKPOINT_DIR/_internal/{tenant}/{run}/seq-{seq}`` and records that
+  seq in ``TrainingRun.state_seq`` in the same transaction that completes the
+  operation. A step is therefore applied fully (checkpoint + result + next seq
+  committed together) or not at all (the next worker resumes from the previous
+  checkpoint and runs the step again). These are never user checkpoints: they
+  have no Checkpoint row, no tinker:// path, and count against no quota.
+* **Restore and replay.** A worker whose memory does not hold the run as of the
+  operation's seq (it never saw the run, or another worker ran some of its
+  operations, or it restarted) loads the latest automatic checkpoint and
+  re-runs the completed forward_backward operations after it, which rebuilds
+  the gradients accumulated since the last optim_step. Replay records nothing.
+* **Fencing.** An outcome is committed only if the worker still holds the run's
+  lease and the operation is still its own; otherwise nothing is recorded
+  (``Superseded``) and the worker forgets its copy of the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
+from django.db.models.functions import Now
+
+from engine.runtime import Engine
+from engine.types import EngineError, UserInputError
+from training_app.jobs import HANDLERS, ExecutionHooks
+from training_app.models import Operation, TrainingRun
+
+logger = logging.getLogger(__name__)
+
+# Operations whose success changes a run's weights or optimizer state: each is
+# followed by an automatic checkpoint.
+STATE_KINDS = frozenset({Operation.Kind.CREATE_MODEL, Operation.Kind.LOAD_WEIGHTS, Operation.Kind.OPTIM_STEP})
+# An operation whose worker died this many times fails instead of being retried
+# again (it may be what kills workers, e.g. out of memory).
+MAX_ATTEMPTS = 3
+WORKER_DIED = (
+    "the worker running this operation stopped before it finished ({attempts} attempts); "
+    "the run is unchanged by it, resubmit it"
+)
+
+
+class Superseded(Exception):
+    """This worker lost the run's lease or the operation: its outcome must not be recorded."""
+
+
+def lease_deadline(seconds: float) -> ExpressionWrapper:
+    """The database's now + ``seconds``: leases use one clock, whatever the workers' clocks say."""
+    return ExpressionWrapper(Now() + Value(timedelta(seconds=seconds)), output_field=DateTimeField())
+
+
+# -- run leases ---------------------------------------------------------------
+
+
+def acquire_run(run_id: str, worker: str, lease_s: float) -> bool:
+    """Take (or extend) the lease of ``run_id``: free, expired, or already ours."""
+    free = Q(lease_owner="") | Q(lease_owner=worker) | Q(lease_expires_at__lt=Now())
+    return TrainingRun.objects.filter(pk=run_id).filter(free).update(
+        lease_owner=worker, lease_expires_at=lease_deadline(lease_s)
+    ) == 1
+
+
+def release_run_lease(run_id: str, worker: str) -> None:
+    TrainingRun.objects.filter(pk=run_id, lease_owner=worker).update(lease_owner="", lease_expires_at=None)
+
+
+def renew_leases(worker: str, lease_s: float) -> None:
+    """Keep everything this live worker holds: run leases and running operations."""
+    TrainingRun.objects.filter(lease_owner=worker).update(lease_expires_at=lease_deadline(lease_s))
+    Operation.objects.filter(worker=worker, status=Operation.Status.RUNNING).update(
+        lease_expires_at=lease_deadline(lease_s)
+    )
+
+
+# -- automatic internal checkpoints --------------------------------------------------
+
+
+def internal_root() -> Path:
+    return Path(settings.TUFT_CHECKPOINT_DIR) / "_internal"
+
+
+def run_state_dir(run: TrainingRun) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run.id)
+    return internal_root() / str(run.tenant_id) / safe
+
+
+def state_checkpoint(run: TrainingRun, seq: int) -> Path:
+    return run_state_dir(run) / f"seq-{seq}"
+
+
+def prune_state(run: TrainingRun, keep_seq: int | None) -> None:
+    """Delete a run's automatic checkpoints other than ``keep_seq`` (None: all of them)."""
+    directory = run_state_dir(run)
+    if not directory.exists():
+        return
+    keep = f"seq-{keep_seq}" if keep_seq is not None else None
+    for child in directory.iterdir():
+        if child.name != keep:
+            shutil.rmtree(child, ignore_errors=True)
+    if keep_seq is None:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def restore(engine: Engine, run: TrainingRun, upto_seq: int) -> int:
+    """Rebuild ``run`` in ``engine`` as of just before ``upto_seq``; return how many ops were replayed."""
+    engine.release_run(run.id)
+    if run.state_seq is None:
+        raise EngineError(f"training run {run.id} has no saved state to resume from (its creation failed?)")
+    directory = state_checkpoint(run, run.state_seq)
+    if not directory.exists():
+        raise EngineError(f"training run {run.id}: its automatic checkpoint {directory} is missing")
+    engine.load(run.id, run.base_model, directory, with_optimizer=True)
+    replay = list(
+        Operation.objects.filter(
+            training_run=run, kind=Operation.Kind.FORWARD_BACKWARD, status=Operation.Status.COMPLETED,
+            seq_id__gt=run.state_seq, seq_id__lt=upto_seq,
+        ).select_related("training_run").order_by("seq_id")
+    )
+    for op in replay:  # rebuild accumulated gradients; the recorded results stay as they are
+        HANDLERS[op.kind](engine, op)
+    logger.info("run %s restored from seq %d, replayed %d forward_backward op(s)", run.id, run.state_seq, len(replay))
+    return len(replay)
+
+
+# -- the executor hooks ------------------------------------------------------------
+
+
+class LocalRuns:
+    """What this worker's memory holds: per run, the next seq its state is valid for."""
+
+    def __init__(self) -> None:
+        self.next_seq: dict[str, int] = {}
+        self.last_used: dict[str, float] = {}
+
+    def valid_for(self, run_id: str, seq: int) -> bool:
+        return self.next_seq.get(run_id) == seq
+
+    def mark(self, run_id: str, seq: int) -> None:
+        self.next_seq[run_id] = seq
+        self.last_used[run_id] = time.monotonic()
+
+    def forget(self, run_id: str) -> None:
+        self.next_seq.pop(run_id, None)
+        self.last_used.pop(run_id, None)
+
+
+class HandoffHooks(ExecutionHooks):
+    """Execution hooks of a distributed worker (see the module docstring)."""
+
+    def __init__(self, worker: str, lease_s: float, local: LocalRuns) -> None:
+        self.worker = worker
+        self.lease_s = lease_s
+        self.local = local
+
+    def claim(self, op: Operation) -> bool:
+        claimed = Operation.objects.filter(pk=op.pk, status=Operation.Status.PENDING).update(
+            status=Operation.Status.RUNNING, started_at=Now(), worker=self.worker,
+            lease_expires_at=lease_deadline(self.lease_s), attempts=F("attempts") + 1,
+        )
+        return claimed == 1
+
+    def prepare(self, engine: Engine, op: Operation) -> None:
+        run = op.training_run
+        if run is None or op.seq_id is None:
+            return
+        if op.kind == Operation.Kind.CREATE_MODEL or (op.kind == Operation.Kind.LOAD_WEIGHTS and op.seq_id == 0):
+            # The operation creates the run's state from nothing: drop any stale copy.
+            if not self.local.valid_for(run.id, op.seq_id):
+                engine.release_run(run.id)
+            self.local.mark(run.id, op.seq_id)
+            return
+        if run.released:
+            raise UserInputError(f"training run {run.id} was released when its session ended")
+        if not (engine.has_run(run.id) and self.local.valid_for(run.id, op.seq_id)):
+            self.local.forget(run.id)
+            restore(engine, run, op.seq_id)
+        self.local.mark(run.id, op.seq_id)
+
+    def persist(self, engine: Engine, op: Operation) -> None:
+        _failpoint(op)
+        run = op.training_run
+        if run is not None and op.kind in STATE_KINDS and op.seq_id is not None:
+            engine.save(run.id, state_checkpoint(run, op.seq_id), with_optimizer=True, overwrite=True)
+
+    def guard(self, op: Operation, succeeded: bool) -> None:
+        mine = Operation.objects.select_for_update().filter(
+            pk=op.pk, status=Operation.Status.RUNNING, worker=self.worker
+        ).exists()
+        if not mine:
+            raise Superseded(f"operation {op.request_id} is no longer this worker's")
+        if op.training_run_id is None:
+            return
+        held = TrainingRun.objects.select_for_update().filter(pk=op.training_run_id, lease_owner=self.worker).exists()
+        if not held:
+            raise Superseded(f"worker {self.worker} lost the lease of run {op.training_run_id}")
+        if succeeded and op.kind in STATE_KINDS:
+            TrainingRun.objects.filter(pk=op.training_run_id).update(state_seq=op.seq_id)
+
+
+def _failpoint(op: Operation) -> None:
+    """Test hook: ``TUFT_FAILPOINT=<kind>:<marker file>[,<kind>:<marker file>...]``.
+
+    The first operation of such a kind stalls right after the engine applied it
+    in memory and before anything is persisted, so that a test can SIGKILL the
+    worker mid-step; the worker writes its pid to the marker first. Each marker
+    fires once (it exists afterwards), so the retry goes through.
+    """
+    for entry in filter(None, os.environ.get("TUFT_FAILPOINT", "").split(",")):
+        kind, _, marker = entry.partition(":")
+        if op.kind != kind or not marker or os.path.exists(marker):
+            continue
+        Path(marker).write_text(str(os.getpid()))
+        logger.warning("failpoint: stalling %s %s before it is persisted", op.kind, op.request_id)
+        time.sleep(3600)

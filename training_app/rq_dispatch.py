@@ -1,0 +1,112 @@
+"""Distributed dispatch: the API enqueues on django-rq queues and returns at once.
+
+The API process never loads a model. For a training operation it queues a
+*drain* job for the operation's run (at most one queued per run, see
+``queues.enqueue_drain``); the worker that takes it executes every ready
+operation of that run in seq order (training_app.workers). Sample operations
+each get their own job. Jobs carry ids only; workers reload everything from
+the database, which commits before the job is queued (``transaction.on_commit``
+in training_app.actions).
+
+If Redis is unreachable the operation stays recorded as pending and a worker's
+reaper queues it once Redis is back: a client's future is delayed, never lost.
+Workers announce finished operations on a pub/sub channel, which wakes the
+long-polling ``retrieve_future`` requests of this process at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+from training_app import queues
+from training_app.futures import completion_hub
+
+logger = logging.getLogger(__name__)
+
+
+class RQDispatcher:
+    """The API side of distributed mode (implements ``dispatch.Dispatcher``)."""
+
+    def __init__(self, backend: queues.Backend) -> None:
+        self.backend = backend
+        queues.register_queues(backend)
+        threading.Thread(target=self._listen, name="tuft-completions", daemon=True).start()
+        logger.info("dispatching to RQ queues %s, %s at %s (persistence: %s)", backend.train_queue,
+                    backend.sample_queue, _redacted(backend.redis_url),
+                    "redis_url" if backend.persistent else "disabled")
+
+    def submit_training(self, request_id: str, run_id: str, seq_id: int, next_seq_id: int) -> None:
+        try:
+            queues.enqueue_drain(run_id)
+        except redis.RedisError as exc:
+            logger.warning("could not queue %s of run %s (%s); it stays pending until Redis is back",
+                           request_id, run_id, exc)
+
+    def submit_sampling(self, request_id: str) -> None:
+        try:
+            queues.enqueue_sample(request_id)
+        except redis.RedisError as exc:
+            logger.warning("could not queue sample %s (%s); it stays pending until Redis is back", request_id, exc)
+
+    def release_run(self, run_id: str) -> None:
+        # The run is marked released in the database; every worker holding its
+        # adapter frees it at its next maintenance tick.
+        pass
+
+    def queue_depth(self) -> dict[str, int]:
+        try:
+            return {
+                "train": queues.get_queue(self.backend.train_queue).count,
+                "sample": queues.get_queue(self.backend.sample_queue).count,
+            }
+        except redis.RedisError:
+            return {}
+
+    def _listen(self) -> None:
+        """Wake local long polls when a worker reports a finished operation."""
+        channel = self.backend.key("done")
+        while True:
+            try:
+                client = redis.Redis.from_url(self.backend.redis_url, socket_connect_timeout=3,
+                                              health_check_interval=10)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(channel)
+                for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        completion_hub.notify(message["data"].decode())
+            except redis.RedisError as exc:
+                # retrieve_future re-reads the database every second meanwhile.
+                logger.warning("completion channel lost (%s); reconnecting", exc)
+                time.sleep(1.0)
+
+
+def _redacted(url: str) -> str:
+    if "@" in url:
+        scheme, rest = url.split("://", 1) if "://" in url else ("", url)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+# -- job entry points (run inside a TuftWorker) -----------------------------------
+
+
+def drain_run(run_id: str) -> None:
+    """RQ job: execute the ready operations of one training run."""
+    from training_app.workers import current_runtime
+
+    runtime = current_runtime()
+    runtime.start()  # a no-op in TuftWorker, which started it before its first job
+    runtime.drain(run_id)
+
+
+def run_sample(request_id: str) -> None:
+    """RQ job: execute one sample operation."""
+    from training_app.workers import current_runtime
+
+    runtime = current_runtime()
+    runtime.start()
+    runtime.sample(request_id)

@@ -1,0 +1,400 @@
+"""Distributed workers: a model-resident RQ worker and what it does per job.
+
+``TuftWorker`` is an RQ ``SimpleWorker``: jobs run in the worker process itself
+(no fork per job, so CUDA state and the loaded base model survive from job to
+job) and no timeout signal can interrupt a step (``NoDeathPenalty``). Start it
+with ``python manage.py tuft_worker`` (or django-rq's ``rqworker`` with
+``--worker-class training_app.workers.TuftWorker``).
+
+Each process has one ``WorkerRuntime``: the engine (base models loaded once at
+start), what its memory holds of each run, and a maintenance thread that
+renews leases, re-enqueues lost work (the reaper) and frees the adapters of
+finished or idle runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+import redis
+from django.db import close_old_connections, connection as db_connection
+from django.db.models import Min, Q
+from django.db.models.functions import Now
+from django.utils import timezone
+from rq.timeouts import BaseDeathPenalty
+from rq.worker import SimpleWorker
+
+from training_app import queues
+from training_app.handoff import (
+    MAX_ATTEMPTS,
+    WORKER_DIED,
+    HandoffHooks,
+    LocalRuns,
+    Superseded,
+    acquire_run,
+    prune_state,
+    release_run_lease,
+    renew_leases,
+)
+from training_app.jobs import EngineExecutor, _finish
+from training_app.models import Operation, TrainingRun
+
+logger = logging.getLogger(__name__)
+
+UNFINISHED = (Operation.Status.PENDING, Operation.Status.RUNNING)
+
+
+class NoDeathPenalty(BaseDeathPenalty):
+    """Never interrupt a job: a step cut in half by SIGALRM would corrupt nothing
+    (outcomes are committed atomically) but would waste the work and retry forever."""
+
+    def setup_death_penalty(self) -> None:
+        pass
+
+    def cancel_death_penalty(self) -> None:
+        pass
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class WorkerRuntime:
+    """The process's engine and run bookkeeping; jobs call ``drain`` and ``sample``.
+
+    Jobs run one at a time on the worker's main thread; ``lock`` is held while
+    one runs, so the maintenance thread frees adapters only between jobs.
+    """
+
+    def __init__(self, name: str) -> None:
+        backend = queues.get_backend()
+        if backend is None:
+            raise RuntimeError("distributed mode is off: set REDIS_URL or persistence.redis_url in models.yaml")
+        self.backend = backend
+        self.name = name
+        self.local = LocalRuns()
+        self.executor = EngineExecutor(HandoffHooks(name, backend.lease_s, self.local))
+        self.lock = threading.RLock()
+        self.gap_timeout_s = float(os.environ.get("TUFT_SEQ_GAP_TIMEOUT_S", "60"))
+        self.idle_evict_s = float(os.environ.get("TUFT_WORKER_IDLE_EVICT_S", "900"))
+        self.tick_s = max(0.5, backend.lease_s / 3)
+        self._started = False
+        self._stop = threading.Event()
+
+    # -- start-up ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Load every base model now (not on the first job) and start maintenance."""
+        if self._started:
+            return
+        self._started = True
+        from training_app.signals import operation_finished
+
+        operation_finished.connect(self._on_finished, weak=False)
+        engine = self.executor.engine
+        for name in engine.specs:
+            engine.host(name)
+        close_old_connections()
+        threading.Thread(target=self._maintain, name="tuft-worker-maintenance", daemon=True).start()
+        logger.info("worker %s ready: models %s resident", self.name, ", ".join(engine.specs))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _on_finished(self, sender: object, operation: Operation, **kwargs: object) -> None:
+        queues.publish_done(operation.request_id)
+
+    # -- jobs -------------------------------------------------------------
+
+    def drain(self, run_id: str) -> None:
+        """Execute the run's ready operations in seq order while holding its lease.
+
+        After letting the lease go it looks once more: an operation that arrived
+        while it held the lease had its drain job skip (lease busy), so this
+        worker must not leave it behind.
+        """
+        try:
+            queues.connection().delete(self.backend.key("drain", run_id))
+        except redis.RedisError:
+            pass
+        while True:
+            if not acquire_run(run_id, self.name, self.backend.lease_s):
+                return  # another worker drains it and re-checks when it lets go
+            try:
+                self._set_owner(run_id)
+                self._drain_held(run_id)
+            except Superseded as exc:
+                logger.warning("%s; forgetting this worker's copy of the run", exc)
+                self._evict(run_id)
+                return
+            finally:
+                release_run_lease(run_id, self.name)
+            run = TrainingRun.objects.filter(pk=run_id).first()
+            if run is None or self._next_op(run) is None:
+                return
+
+    def sample(self, request_id: str) -> None:
+        try:
+            queues.connection().delete(self.backend.key("sample", request_id))
+        except redis.RedisError:
+            pass
+        with self.lock:
+            self.executor.execute(request_id)
+
+    def _set_owner(self, run_id: str) -> None:
+        try:
+            queues.connection().set(self.backend.key("owner", run_id), self.name, ex=7 * 24 * 3600)
+        except redis.RedisError:  # only an affinity hint
+            pass
+
+    def _drain_held(self, run_id: str) -> None:
+        while True:
+            run = TrainingRun.objects.filter(pk=run_id).first()
+            if run is None:
+                return
+            op = self._next_op(run)
+            if op is None:
+                return
+            if op.status == Operation.Status.RUNNING and not self._take_over(op):
+                continue
+            with self.lock:
+                self.executor.execute(op.request_id)
+            self._after(op)
+
+    def _next_op(self, run: TrainingRun) -> Operation | None:
+        """The operation to run next under the seq rules of training_app.dispatch."""
+        op = Operation.objects.filter(training_run=run, seq_id=run.next_seq_id).first()
+        if op is not None:
+            return op  # pending, a stale RUNNING one, or failed at submission (just advances)
+        lowest = (
+            Operation.objects.filter(training_run=run, status__in=UNFINISHED).order_by("seq_id").first()
+        )
+        if lowest is None or lowest.seq_id is None:
+            return None
+        if lowest.seq_id < run.next_seq_id:  # arrived after its gap was skipped: run it next
+            return lowest
+        waited = (timezone.now() - lowest.created_at).total_seconds()
+        if waited < self.gap_timeout_s:
+            return None  # the missing seq may still come; the reaper looks again later
+        logger.warning("run %s: seq %d never arrived in %.0fs; skipping to %d",
+                       run.id, run.next_seq_id, self.gap_timeout_s, lowest.seq_id)
+        TrainingRun.objects.filter(pk=run.pk, lease_owner=self.name).update(next_seq_id=lowest.seq_id)
+        return lowest
+
+    def _take_over(self, op: Operation) -> bool:
+        """A RUNNING op found while holding the run's lease: its worker died mid-way."""
+        if op.attempts >= MAX_ATTEMPTS:
+            logger.error("operation %s (%s) killed its worker %d times; failing it", op.request_id, op.kind, op.attempts)
+            _finish(op, error=WORKER_DIED.format(attempts=op.attempts), category="server",
+                    guard=lambda o, ok: self._guard_run(o))
+            return False
+        logger.warning("operation %s (%s) was left running by worker %s; running it again",
+                       op.request_id, op.kind, op.worker or "?")
+        Operation.objects.filter(pk=op.pk, status=Operation.Status.RUNNING, worker=op.worker).update(
+            status=Operation.Status.PENDING, worker="", lease_expires_at=None
+        )
+        return True
+
+    def _guard_run(self, op: Operation) -> None:
+        if not TrainingRun.objects.select_for_update().filter(pk=op.training_run_id, lease_owner=self.name).exists():
+            raise Superseded(f"worker {self.name} lost the lease of run {op.training_run_id}")
+
+    def _after(self, op: Operation) -> None:
+        """Keep ``local`` in step with what this worker's memory now holds of the run."""
+        run_id, seq = op.training_run_id, op.seq_id
+        if run_id is None or seq is None:
+            return
+        done = Operation.objects.filter(pk=op.pk).values_list("status", "error_category").first()
+        if done is None:
+            return
+        status, category = done
+        changes_state = op.kind in (Operation.Kind.FORWARD_BACKWARD, Operation.Kind.CREATE_MODEL,
+                                    Operation.Kind.LOAD_WEIGHTS, Operation.Kind.OPTIM_STEP)
+        if status == Operation.Status.FAILED and changes_state and category != "user":
+            # The engine may hold a half-applied change: rebuild from the checkpoint next time.
+            self._evict(run_id)
+        elif status in (Operation.Status.COMPLETED, Operation.Status.FAILED) and self.local.valid_for(run_id, seq):
+            self.local.mark(run_id, seq + 1)
+            if status == Operation.Status.COMPLETED and op.kind in (
+                Operation.Kind.CREATE_MODEL, Operation.Kind.LOAD_WEIGHTS, Operation.Kind.OPTIM_STEP
+            ):
+                run = TrainingRun.objects.filter(pk=run_id).first()
+                if run is not None:
+                    prune_state(run, keep_seq=run.state_seq)
+
+    def _evict(self, run_id: str) -> None:
+        with self.lock:
+            self.local.forget(run_id)
+            self.executor.release_run(run_id)
+
+    # -- maintenance --------------------------------------------------------
+
+    def _maintain(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            try:
+                self._tick()
+            except Exception:
+                logger.exception("worker maintenance failed; retrying next tick")
+            finally:
+                db_connection.close()
+
+    def _tick(self) -> None:
+        renew_leases(self.name, self.backend.lease_s)
+        try:
+            conn = queues.connection()
+            conn.set(self.backend.key("alive", self.name), "1", ex=max(1, int(self.backend.lease_s)))
+            # One reaper per tick across all workers is enough.
+            if conn.set(self.backend.key("reaper"), self.name, nx=True, px=int(self.tick_s * 900)):
+                Reaper(self.backend).run()
+        except redis.RedisError as exc:
+            logger.warning("Redis unavailable (%s); leases still renewed in the database", exc)
+        self._evict_unused()
+
+    def _evict_unused(self) -> None:
+        """Free adapters of released runs and of runs idle for long (their state is on disk)."""
+        held = list(self.local.last_used)
+        if not held or not self.lock.acquire(blocking=False):
+            return
+        try:
+            released = set(TrainingRun.objects.filter(id__in=held, released=True).values_list("id", flat=True))
+            cutoff = time.monotonic() - self.idle_evict_s
+            for run_id in held:
+                if run_id in released or self.local.last_used.get(run_id, 0) < cutoff:
+                    self.local.forget(run_id)
+                    self.executor.release_run(run_id)
+                    logger.info("worker %s freed run %s (%s)", self.name, run_id,
+                                "released" if run_id in released else "idle")
+        finally:
+            self.lock.release()
+
+
+class Reaper:
+    """Finds work that no job will pick up and queues it again.
+
+    Covers jobs lost with a restarted Redis, enqueues that failed while Redis was
+    down, operations of SIGKILLed workers (their leases ran out), personal
+    queues of dead workers, seq gaps past their timeout, and the automatic
+    checkpoints of released runs.
+    """
+
+    def __init__(self, backend: queues.Backend) -> None:
+        self.backend = backend
+
+    def run(self) -> None:
+        self._training()
+        self._samples()
+        self._dead_queues()
+        self._released_state()
+
+    def _training(self) -> None:
+        waiting = (
+            Operation.objects.filter(status__in=UNFINISHED, training_run__isnull=False)
+            .values("training_run_id").annotate(oldest=Min("created_at"))
+        )
+        ids = [row["training_run_id"] for row in waiting]
+        if not ids:
+            return
+        free = TrainingRun.objects.filter(id__in=ids).filter(Q(lease_owner="") | Q(lease_expires_at__lt=Now()))
+        for run_id in free.values_list("id", flat=True):
+            if queues.enqueue_drain(run_id):
+                logger.info("reaper: queued a drain of run %s", run_id)
+
+    def _samples(self) -> None:
+        stale = Operation.objects.filter(
+            kind=Operation.Kind.SAMPLE, status=Operation.Status.RUNNING, lease_expires_at__lt=Now()
+        )
+        for op in stale:
+            if op.attempts >= MAX_ATTEMPTS:
+                _finish(op, error=WORKER_DIED.format(attempts=op.attempts), category="server")
+                continue
+            Operation.objects.filter(pk=op.pk, status=Operation.Status.RUNNING, worker=op.worker).update(
+                status=Operation.Status.PENDING, worker="", lease_expires_at=None
+            )
+            logger.warning("reaper: sample %s was left running by worker %s; queued again", op.request_id, op.worker)
+            queues.enqueue_sample(op.request_id, force=True)
+        for request_id in Operation.objects.filter(
+            kind=Operation.Kind.SAMPLE, status=Operation.Status.PENDING
+        ).values_list("request_id", flat=True):
+            queues.enqueue_sample(request_id)
+
+    def _dead_queues(self) -> None:
+        """Drop the personal queues of dead workers; their runs are re-queued on the shared one."""
+        from rq import Queue
+
+        prefix = self.backend.personal_queue("")
+        conn = queues.connection()
+        for queue in Queue.all(connection=conn):
+            if queue.name.startswith(prefix) and not queues.is_alive(self.backend, queue.name[len(prefix):]):
+                for job_id in queue.job_ids:
+                    job = queue.fetch_job(job_id)
+                    if job is not None and job.args:
+                        conn.delete(self.backend.key("drain", str(job.args[0])))
+                queue.delete(delete_jobs=True)
+                logger.info("reaper: removed the queue of dead worker %s", queue.name[len(prefix):])
+
+    def _released_state(self) -> None:
+        for run in TrainingRun.objects.filter(released=True, state_seq__isnull=False, lease_owner=""):
+            prune_state(run, keep_seq=None)
+            TrainingRun.objects.filter(pk=run.pk).update(state_seq=None)
+
+
+# -- the RQ worker class ---------------------------------------------------------
+
+_runtime: WorkerRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def current_runtime(name: str | None = None) -> WorkerRuntime:
+    """The process's runtime (an explicit registry: one per worker process)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = WorkerRuntime(name or default_worker_name())
+        return _runtime
+
+
+class TuftWorker(SimpleWorker):
+    """A non-forking RQ worker that keeps the base model and adapters resident."""
+
+    death_penalty_class = NoDeathPenalty
+    # Reconnect quickly after a Redis restart.
+    max_connection_wait_time = 5.0
+
+    def __init__(self, queues_: object, *args: object, **kwargs: object) -> None:
+        runtime = current_runtime(str(kwargs.get("name") or default_worker_name()))
+        backend = runtime.backend
+        given = queues_ if isinstance(queues_, (list, tuple)) else [queues_]
+        names = [q if isinstance(q, str) else q.name for q in given]  # type: ignore[attr-defined]
+        # Its own queue first (runs whose state it holds), then the shared ones.
+        wanted = [backend.personal_queue(runtime.name), backend.train_queue, backend.sample_queue]
+        names = wanted + [n for n in names if n not in wanted]
+        kwargs["name"] = runtime.name
+        kwargs["serializer"] = queues.SERIALIZER  # jobs carry JSON, never pickle
+        if kwargs.get("connection") is None:
+            kwargs["connection"] = redis.Redis.from_url(backend.redis_url, socket_connect_timeout=5)
+        kwargs.setdefault("worker_ttl", 60)
+        super().__init__(names, *args, **kwargs)  # type: ignore[arg-type]
+        self.runtime = runtime
+        self.shutdown_requested = False
+
+    def request_stop(self, signum: int, frame: object) -> None:
+        # RQ only records a stop that arrives mid-job; tuft_worker must also know
+        # about one that arrived while idle, or it would start the loop again.
+        self.shutdown_requested = True
+        super().request_stop(signum, frame)
+
+    def work(self, *args: object, **kwargs: object) -> bool:
+        self.runtime.start()
+        return super().work(*args, **kwargs)  # type: ignore[arg-type]
+
+    def heartbeat(self, timeout: int | None = None, pipeline: object | None = None) -> None:
+        # After a Redis restart the worker's registration is gone: register again
+        # so that dashboards and `manage.py tuft_queues` see it.
+        if pipeline is None and self.birth_date is not None and not self.connection.exists(self.key):
+            logger.warning("worker %s: registration lost (Redis restarted?); registering again", self.name)
+            self.register_birth()
+        super().heartbeat(timeout, pipeline)  # type: ignore[arg-type]
