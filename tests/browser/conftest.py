@@ -1,0 +1,69 @@
+"""Headless Chromium for the browser tests: Debian's ``chromium`` driven by Playwright.
+
+Playwright never downloads a browser here: it launches the system binary
+(``.ci/browser-deps.sh`` installs it). Without it the tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.conftest import ROOT, LiveServer
+
+CHROMIUM = os.environ.get("TUFT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator["object"]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: install it with .ci/browser-deps.sh (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed: pip install -r requirements-dev.txt")
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@dataclass
+class Staff:
+    username: str
+    password: str
+
+
+@pytest.fixture(scope="session")
+def staff(server: LiveServer) -> Staff:
+    """A superuser on the shared live server."""
+    user = Staff(username=f"ops-{secrets.token_hex(3)}", password=secrets.token_urlsafe(12))
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "createsuperuser", "--noinput",
+         "--username", user.username, "--email", f"{user.username}@example.org"],
+        env={**server.env, "DJANGO_SUPERUSER_PASSWORD": user.password}, cwd=ROOT,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return user
+
+
+@pytest.fixture(scope="session")
+def screenshots() -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOTS
+

@@ -1,0 +1,177 @@
+"""Issue #5 in a real browser: admin → tenant, key and quota → SDK training → live loss curve.
+
+One story, in order, against the shared live server: an operator logs into
+the admin and creates a tenant with its own quota and a key; the key trains
+through the SDK while the tenant's dashboard draws the loss curve from the
+WebSocket without a reload; a second tenant sees none of it (pages, run URL,
+socket); a revoked key stops working at once; usage exports as CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import pytest
+import tinker
+from tinker import types
+
+from tests.browser.conftest import Staff
+from tests.conftest import MODEL_NAME, LiveServer
+
+pytestmark = pytest.mark.timeout(240)
+
+WAIT_MS = 30_000
+TOKENS = [11, 23, 35, 47, 59, 71, 83, 95, 107]
+T = TypeVar("T")
+# Playwright's sync API keeps an event loop running in this thread; the SDK's
+# blocking calls belong in a thread of their own.
+_sdk_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdk")
+
+
+def sdk(fn: Callable[[], T]) -> T:
+    return _sdk_thread.submit(fn).result(timeout=120)
+
+
+def admin_login(page: Any, server: LiveServer, staff: Staff) -> None:
+    page.goto(f"{server.url}/admin/login/?next=/admin/")
+    page.fill("#id_username", staff.username)
+    page.fill("#id_password", staff.password)
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{server.url}/admin/")
+
+
+def admin_create_tenant(page: Any, server: LiveServer, name: str, quota: dict[str, int]) -> str:
+    """Create a tenant with its own quota and a first key in the admin; return the key shown once."""
+    page.goto(f"{server.url}/admin/sessions_app/tenant/add/")
+    page.fill("#id_name", name)
+    assert page.is_checked("#id_issue_key")
+    for field, value in quota.items():
+        page.fill(f"input[name='quota-0-{field}']", str(value))
+    page.click("input[name=_save]")
+    key = page.text_content(f"code.new-api-key[data-tenant='{name}']")
+    assert key and key.startswith("tml-")
+    return key.strip()
+
+
+def tenant_login(browser: Any, server: LiveServer, key: str) -> Any:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(f"{server.url}/dashboard/")  # not logged in: sent to the login form
+    page.fill("#api_key", key)
+    page.click("#tenant-login button[type=submit]")
+    page.wait_for_url(f"{server.url}/dashboard/")
+    return page
+
+
+def datum() -> types.Datum:
+    return types.Datum(
+        model_input=types.ModelInput.from_ints(TOKENS[:-1]),
+        loss_fn_inputs={"target_tokens": types.TensorData(data=TOKENS[1:], dtype="int64", shape=[len(TOKENS) - 1])},
+    )
+
+
+def train_step(training: Any) -> None:
+    training.forward_backward([datum()], "cross_entropy").result(timeout=60)
+    training.optim_step(types.AdamParams(learning_rate=1e-2)).result(timeout=60)
+
+
+def socket_outcome(page: Any, path: str) -> str:
+    """Open a WebSocket from the page: "open" (with its first message type) or "refused"."""
+    return page.evaluate("""(path) => new Promise((resolve) => {
+        const ws = new WebSocket(`ws://${location.host}${path}`);
+        let opened = false;
+        ws.onopen = () => { opened = true; };
+        ws.onmessage = (e) => { resolve("open:" + JSON.parse(e.data).type); ws.close(); };
+        ws.onclose = () => { if (!opened) resolve("refused"); };
+        setTimeout(() => resolve(opened ? "open:silent" : "timeout"), 10000);
+    })""", path)
+
+
+def test_admin_tenant_key_quota_then_live_loss_curve(
+    browser: Any, server: LiveServer, staff: Staff, screenshots: Path,
+) -> None:
+    team, other = f"team-{secrets.token_hex(3)}", f"rivals-{secrets.token_hex(3)}"
+    admin = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = admin.new_page()
+    admin_login(page, server, staff)
+
+    # 1. The operator creates the tenant with its own quota; the key is shown once.
+    key = admin_create_tenant(page, server, team, {"max_lora_rank": 8, "train_tokens_per_day": 10_000})
+    page.screenshot(path=str(screenshots / "admin-new-key.png"))
+    page.goto(f"{server.url}/admin/sessions_app/tenant/?q={team}")
+    assert page.locator("#result_list tbody tr").count() == 1
+    assert "own" in page.text_content("#result_list tbody tr")
+
+    # The quota is enforced for this key at once.
+    service = sdk(lambda: tinker.ServiceClient(base_url=server.url, api_key=key))
+    with pytest.raises(tinker.PermissionDeniedError):
+        sdk(lambda: service.create_lora_training_client(base_model=MODEL_NAME, rank=16).result(timeout=60))
+    training = sdk(lambda: service.create_lora_training_client(base_model=MODEL_NAME, rank=8).result(timeout=60))
+    run_id = training.model_id
+    sdk(lambda: train_step(training))
+
+    # 2. The tenant opens its run; points arrive over the WebSocket, no reload.
+    tenant = tenant_login(browser, server, key)
+    assert run_id in tenant.text_content("#runs")
+    tenant.click(f"#runs a:has-text('{run_id}')")
+    tenant.wait_for_selector("#run-state.live", timeout=WAIT_MS)
+    tenant.evaluate("window.__notReloaded = true")
+    before = int(tenant.get_attribute("#loss-chart", "data-points") or 0)
+    assert before == 1
+    for _ in range(3):
+        sdk(lambda: train_step(training))
+    tenant.wait_for_function("document.querySelector('#loss-chart').dataset.points === '4'", timeout=WAIT_MS)
+    assert tenant.evaluate("window.__notReloaded") is True
+    assert tenant.locator("#loss-chart svg circle.pt").count() == 4
+    tenant.screenshot(path=str(screenshots / "run-live-loss.png"), full_page=True)
+    tenant.goto(f"{server.url}/dashboard/")
+    tenant.wait_for_selector("#status-state.live", timeout=WAIT_MS)
+    tenant.screenshot(path=str(screenshots / "tenant-overview.png"), full_page=True)
+    assert tenant.goto(f"{server.url}/dashboard/tenants/").status == 403  # staff only
+
+    # 3. Another tenant sees none of it: not listed, its URL is a 404, its socket is refused.
+    rival = tenant_login(browser, server, admin_create_tenant(page, server, other, {}))
+    body = rival.text_content("body")
+    assert run_id not in body and team not in body
+    assert rival.goto(f"{server.url}/dashboard/runs/{run_id}/").status == 404
+    rival.goto(f"{server.url}/dashboard/")
+    assert socket_outcome(rival, f"/ws/dashboard/runs/{run_id}/") == "refused"
+    assert socket_outcome(tenant, f"/ws/dashboard/runs/{run_id}/") == "open:snapshot"
+    rival.screenshot(path=str(screenshots / "other-tenant-overview.png"), full_page=True)
+
+    # 4. Staff see every tenant, with use against quota.
+    page.goto(f"{server.url}/dashboard/tenants/")
+    assert page.locator(f".tenant[data-tenant='{team}']").count() == 1
+    page.goto(f"{server.url}/dashboard/")
+    assert run_id in page.text_content("#runs")
+    page.screenshot(path=str(screenshots / "staff-overview.png"), full_page=True)
+
+    # 5. A second key from the API-key page works, and revoking it stops it at once.
+    page.goto(f"{server.url}/admin/sessions_app/apikey/add/")
+    page.select_option("#id_tenant", label=team)
+    page.fill("#id_label", "ci-runner")
+    page.click("input[name=_save]")
+    second = (page.text_content(f"code.new-api-key[data-tenant='{team}']") or "").strip()
+    rest = tinker.RestClient(base_url=server.url, api_key=second)
+    assert sdk(lambda: rest.list_training_runs().result(timeout=30)).training_runs[0].training_run_id == run_id
+    page.goto(f"{server.url}/admin/sessions_app/apikey/?q={second[:12]}")
+    page.check("#action-toggle")
+    page.select_option("select[name=action]", "revoke")
+    page.click("button[name=index]")
+    assert "Revoked 1 key" in page.text_content("ul.messagelist")
+    with pytest.raises(tinker.AuthenticationError):
+        sdk(lambda: rest.list_training_runs().result(timeout=30))
+
+    # 6. Usage, as recorded, exports as CSV from the admin.
+    page.goto(f"{server.url}/admin/sessions_app/dailyusage/?q={team}")
+    with page.expect_download() as download:
+        page.click("#export-usage-csv")
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert [r["tenant"] for r in rows] == [team]
+    assert int(rows[0]["training_tokens"]) == 4 * (len(TOKENS) - 1)
+    admin.close()
