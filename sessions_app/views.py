@@ -93,6 +93,7 @@ class TelemetryView(TenantAPIView):
 class SessionListView(TenantAPIView):
     def get(self, request):  # type: ignore[no-untyped-def]
         limit, offset = _page(request)
+        _check_scope(request)
         qs = ClientSession.objects.filter(tenant=self.tenant).order_by("-created_at")
         ids = list(qs.values_list("id", flat=True)[offset : offset + limit])
         return Response({"sessions": ids})
@@ -100,6 +101,7 @@ class SessionListView(TenantAPIView):
 
 class SessionDetailView(TenantAPIView):
     def get(self, request, session_id: str):  # type: ignore[no-untyped-def]
+        _check_scope(request)
         session = actions.access_session(self.tenant, session_id)
         return Response({
             "training_run_ids": list(session.training_runs.order_by("model_seq_id").values_list("id", flat=True)),
@@ -107,6 +109,15 @@ class SessionDetailView(TenantAPIView):
             "user_metadata": {k: str(v) for k, v in session.user_metadata.items()},
             "display_name": session.display_name or None,
         })
+
+
+def _check_scope(request) -> None:  # type: ignore[no-untyped-def]
+    """Sessions are never shared, so "accessible" and "owned" both mean the tenant's own."""
+    from tuft_project.exceptions import BadRequest
+
+    scope = request.query_params.get("access_scope", "owned")
+    if scope not in ("owned", "accessible"):
+        raise BadRequest(f"access_scope must be 'owned' or 'accessible', got {scope!r}")
 
 
 def _page(request) -> tuple[int, int]:  # type: ignore[no-untyped-def]

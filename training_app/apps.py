@@ -4,3 +4,7 @@ from django.apps import AppConfig
 class TrainingAppConfig(AppConfig):
     name = "training_app"
     verbose_name = "Training"
+
+    def ready(self) -> None:
+        # Registers the save_weights_external handler with training_app.jobs.
+        from training_app import export_jobs  # noqa: F401

@@ -21,6 +21,9 @@ from tuft_project.runtime import get_config
 
 logger = logging.getLogger(__name__)
 
+# The longest checkpoint TTL, as the SDK documents it (10 years).
+MAX_TTL_S = 10 * 365 * 24 * 3600
+
 
 def future_response(op: Operation) -> Response:
     body = {"request_id": op.request_id}
@@ -105,9 +108,14 @@ class SaveWeightsView(TenantAPIView):
     def post(self, request):  # type: ignore[no-untyped-def]
         body = self.parse(T.SaveWeightsRequest)
         run = actions.access_run(self.tenant, body.model_id)
+
+        def validate() -> None:
+            check_name(body.path or "")
+            check_ttl(body.ttl_seconds)
+
         op = actions.check_submit_run_op(
             self.tenant, run, Operation.Kind.SAVE_WEIGHTS, _seq(body.seq_id), body.model_dump(mode="json"),
-            validate=lambda: check_name(body.path or ""),
+            validate=validate,
         )
         return future_response(op)
 
@@ -116,11 +124,41 @@ class SaveWeightsForSamplerView(TenantAPIView):
     def post(self, request):  # type: ignore[no-untyped-def]
         body = self.parse(T.SaveWeightsForSamplerRequest)
         run = actions.access_run(self.tenant, body.model_id)
+
+        def validate() -> None:
+            if body.path:
+                check_name(body.path)
+            check_ttl(body.ttl_seconds)
+
         op = actions.check_submit_run_op(
             self.tenant, run, Operation.Kind.SAVE_WEIGHTS_FOR_SAMPLER, _seq(body.seq_id), body.model_dump(mode="json"),
-            validate=(lambda: check_name(body.path)) if body.path else None,
+            validate=validate,
         )
         return future_response(op)
+
+
+class SaveWeightsExternalView(TenantAPIView):
+    def post(self, request):  # type: ignore[no-untyped-def]
+        body = self.parse(T.SaveWeightsExternalRequest)
+        run = actions.access_run(self.tenant, body.model_id)
+
+        def validate() -> None:
+            check_name(body.path)
+            check_ttl(body.ttl_seconds)
+            if body.age_encryption_recipients:
+                raise BadRequest("age_encryption_recipients is not supported: exports are stored unencrypted")
+
+        op = actions.check_submit_run_op(
+            self.tenant, run, Operation.Kind.SAVE_WEIGHTS_EXTERNAL, _seq(body.seq_id), body.model_dump(mode="json"),
+            validate=validate,
+        )
+        return future_response(op)
+
+
+def check_ttl(ttl_seconds: int | None) -> None:
+    """A checkpoint TTL: None (never expires) or 1 s to 10 years."""
+    if ttl_seconds is not None and not 1 <= ttl_seconds <= MAX_TTL_S:
+        raise BadRequest(f"ttl_seconds must be between 1 and {MAX_TTL_S} (10 years), or null; got {ttl_seconds}")
 
 
 class LoadWeightsView(TenantAPIView):
