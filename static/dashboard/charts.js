@@ -151,7 +151,7 @@
           }
           if (opts.stacked) base += v;
         });
-        if (k % every === 0 || k === n - 1) {
+        if ((n - 1 - k) % every === 0) {  // counted from the right: the latest bar is always labelled
           el("text", { x: m.l + k * slot + slot / 2, y: f.H - m.b + 16, "text-anchor": "middle" }, f.svg, labels[k]);
         }
       }
