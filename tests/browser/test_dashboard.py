@@ -4,7 +4,8 @@ One story, in order, against the shared live server: an operator logs into
 the admin and creates a tenant with its own quota and a key; the key trains
 through the SDK while the tenant's dashboard draws the loss curve from the
 WebSocket without a reload; a second tenant sees none of it (pages, run URL,
-socket); a revoked key stops working at once; usage exports as CSV.
+socket); a revoked key stops working at once, for the SDK and the
+dashboard; usage exports as CSV.
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ def test_admin_tenant_key_quota_then_live_loss_curve(
     assert tenant.goto(f"{server.url}/dashboard/tenants/").status == 403  # staff only
 
     # 3. Another tenant sees none of it: not listed, its URL is a 404, its socket is refused.
-    rival = tenant_login(browser, server, admin_create_tenant(page, server, other, {}))
+    rival_key = admin_create_tenant(page, server, other, {})
+    rival = tenant_login(browser, server, rival_key)
     body = rival.text_content("body")
     assert run_id not in body and team not in body
     assert rival.goto(f"{server.url}/dashboard/runs/{run_id}/").status == 404
@@ -166,6 +168,14 @@ def test_admin_tenant_key_quota_then_live_loss_curve(
     assert "Revoked 1 key" in page.text_content("ul.messagelist")
     with pytest.raises(tinker.AuthenticationError):
         sdk(lambda: rest.list_training_runs().result(timeout=30))
+    # A revoked key also ends the dashboard login made with it: the open socket closes, pages ask to log in.
+    page.goto(f"{server.url}/admin/sessions_app/apikey/?q={rival_key[:12]}")
+    page.check("#action-toggle")
+    page.select_option("select[name=action]", "revoke")
+    page.click("button[name=index]")
+    rival.wait_for_selector("#status-state:has-text('signed out')", timeout=WAIT_MS)
+    rival.reload()
+    assert "/dashboard/login/" in rival.url
 
     # 6. Usage, as recorded, exports as CSV from the admin.
     page.goto(f"{server.url}/admin/sessions_app/dailyusage/?q={team}")
