@@ -63,7 +63,11 @@ def staff(server: LiveServer) -> Staff:
 
 
 @pytest.fixture(scope="session")
-def screenshots() -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    return SCREENSHOTS
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the test saves its screenshots: docs/screenshots only when asked
+    (TUFT_UPDATE_SCREENSHOTS=1), so an ordinary run leaves the checkout clean."""
+    if os.environ.get("TUFT_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return SCREENSHOTS
+    return tmp_path_factory.mktemp("screenshots")
 
