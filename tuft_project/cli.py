@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"TuFT serving {', '.join(m.model_name for m in config.models)} at {url}", flush=True)
     print(f"  checkpoints: {settings.TUFT_CHECKPOINT_DIR}", flush=True)
     print(f"  admin: {url}/admin/  (create a login with: python manage.py createsuperuser)", flush=True)
+    print(f"  dashboard: {url}/dashboard/  (staff, or a tenant signing in with its API key)", flush=True)
     if not args.no_dev_key:
         key = ensure_dev_key(settings.TUFT_HOME / "dev-api-key")
         print(f"  dev API key: {key}", flush=True)
