@@ -25,6 +25,10 @@ from tuft_project.exceptions import ApiError, NotFound
 logger = logging.getLogger(__name__)
 
 
+# Name prefix of the checkpoints behind save_weights_and_get_sampling_client (see jobs.py).
+EPHEMERAL_PREFIX = "auto-"
+
+
 def new_request_id() -> str:
     return "req-" + secrets.token_hex(12)
 
@@ -198,6 +202,13 @@ def do_release_runs_of_session(session: ClientSession) -> None:
     TrainingRun.objects.filter(id__in=run_ids).update(released=True)
     for run_id in run_ids:
         transaction.on_commit(lambda run_id=run_id: dispatch_registry.get_dispatcher().release_run(run_id))
+    # The unnamed sampler saves of save_weights_and_get_sampling_client are ephemeral:
+    # only this session could sample them, so they expire with it (an RL loop makes
+    # one per iteration). Housekeeping deletes them, files included.
+    Checkpoint.objects.filter(
+        training_run__session=session, kind=Checkpoint.Kind.SAMPLER, name__startswith=EPHEMERAL_PREFIX,
+        public=False, expires_at__isnull=True,
+    ).update(expires_at=timezone.now())
 
 
 def do_record_checkpoint(

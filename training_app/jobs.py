@@ -284,7 +284,9 @@ def _save_weights_for_sampler(engine: Engine, op: Operation) -> Outcome:
     assert run is not None
     if not SamplingSession.objects.filter(id=f"{run.session_id}:sample:{body.sampling_session_seq_id}").exists():
         check_sampling_session_quota(op.tenant)  # this save also opens a sampling session
-    ckpt = _save(engine, op, Checkpoint.Kind.SAMPLER, f"auto-{op.request_id}", False, True)
+    from training_app.actions import EPHEMERAL_PREFIX
+
+    ckpt = _save(engine, op, Checkpoint.Kind.SAMPLER, f"{EPHEMERAL_PREFIX}{op.request_id}", False, True)
     sampler = do_create_sampling_session_for_checkpoint(run.session, body.sampling_session_seq_id, ckpt)
     return Outcome(result={"sampling_session_id": sampler.id, "path": ckpt.tinker_path,
                            "type": "save_weights_for_sampler"})

@@ -330,6 +330,12 @@ def test_silent_sessions_expire_and_release_their_adapters(short_timers: LiveSer
     saved = _raw(srv, "save_weights", {"model_id": silent_run, "path": "kept", "seq_id": 1, "overwrite": False,
                                        "type": "save_weights"}).json()
     kept_path = _raw_result(srv, saved["request_id"])["path"]
+    # An unnamed sampler save (what save_weights_and_get_sampling_client sends) is ephemeral.
+    unnamed = _raw(srv, "save_weights_for_sampler", {"model_id": silent_run, "sampling_session_seq_id": 1,
+                                                     "kind": "snapshot", "seq_id": 2,
+                                                     "type": "save_weights_for_sampler"}).json()
+    ephemeral_path = _raw_result(srv, unnamed["request_id"])["path"]
+    assert _files_of(srv, ephemeral_path)
     alive, alive_run = _raw_session_with_run(srv)
     # Signed download links expire too (TUFT_DOWNLOAD_URL_TTL_S=2 here).
     exported = _raw(srv, "save_weights_external", {"model_id": alive_run, "path": "soon-stale", "seq_id": 1,
@@ -353,14 +359,18 @@ def test_silent_sessions_expire_and_release_their_adapters(short_timers: LiveSer
                                     "adam_params": {"learning_rate": 1e-3}}).json()
     assert "metrics" in _raw_result(srv, step["request_id"])
     # The silent one's run was released (the worker freed its adapter)...
-    step = _raw(srv, "optim_step", {"model_id": silent_run, "seq_id": 2, "type": "optim_step",
+    step = _raw(srv, "optim_step", {"model_id": silent_run, "seq_id": 3, "type": "optim_step",
                                     "adam_params": {"learning_rate": 1e-3}})
     assert step.status_code == 404 and "released" in step.json()["detail"]
+    # ...its ephemeral sampler weights went with it, and its named checkpoint stays.
+    listed = rest.list_checkpoints(silent_run).result(timeout=TIMEOUT).checkpoints
+    assert [c.tinker_path for c in listed] == [kept_path]
+    assert not _files_of(srv, ephemeral_path)
     deadline = time.monotonic() + 30
     while f"released run {silent_run}" not in srv.log():
         assert time.monotonic() < deadline, "the adapter of the expired session was not released"
         time.sleep(0.2)
-    # ...but its checkpoint stays usable.
+    # The kept checkpoint is still usable.
     fresh = tinker.ServiceClient(base_url=srv.url, api_key=srv.keys["erin"])
     restored = fresh.create_training_client_from_state(kept_path).result(timeout=TIMEOUT)
     _train_step(restored)
