@@ -146,6 +146,9 @@ def enqueue_drain(run_id: str, force: bool = False) -> bool:
     if owner and is_alive(backend, owner.decode()):
         queue = backend.personal_queue(owner.decode())
     marker = backend.key("drain", run_id)
+    queued_on = conn.get(marker)
+    if queued_on is not None and _dead_worker_queue(backend, queued_on.decode()):
+        force = True  # queued for a worker that died: that job will never run
     if not conn.set(marker, queue, nx=not force, ex=int(backend.requeue_after_s) or 1):
         return False
     try:
@@ -157,6 +160,11 @@ def enqueue_drain(run_id: str, force: bool = False) -> bool:
         conn.delete(marker)
         raise
     return True
+
+
+def _dead_worker_queue(backend: Backend, queue: str) -> bool:
+    prefix = backend.personal_queue("")
+    return queue.startswith(prefix) and not is_alive(backend, queue[len(prefix):])
 
 
 def enqueue_sample(request_id: str, force: bool = False) -> bool:

@@ -84,6 +84,8 @@ class WorkerRuntime:
         self.tick_s = max(0.5, backend.lease_s / 3)
         self._started = False
         self._stop = threading.Event()
+        # What the liveness key holds: tells this process from an earlier one of the same name.
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"
 
     # -- start-up ---------------------------------------------------------
 
@@ -246,7 +248,7 @@ class WorkerRuntime:
         renew_leases(self.name, self.backend.lease_s)
         try:
             conn = queues.connection()
-            conn.set(self.backend.key("alive", self.name), "1", ex=max(1, int(self.backend.lease_s)))
+            conn.set(self.backend.key("alive", self.name), self.identity, ex=max(1, int(self.backend.lease_s)))
             # One reaper per tick across all workers is enough.
             if conn.set(self.backend.key("reaper"), self.name, nx=True, px=int(self.tick_s * 900)):
                 Reaper(self.backend).run()
@@ -322,17 +324,18 @@ class Reaper:
             queues.enqueue_sample(request_id)
 
     def _dead_queues(self) -> None:
-        """Drop the personal queues of dead workers; their runs are re-queued on the shared one."""
+        """Drop the personal queues of dead workers; their runs are queued again on the shared one.
+
+        Their jobs are not read (that needs their serializer and they only name
+        runs): ``enqueue_drain`` sees that a run's marker points at a dead
+        worker's queue and queues the run afresh.
+        """
         from rq import Queue
 
         prefix = self.backend.personal_queue("")
         conn = queues.connection()
         for queue in Queue.all(connection=conn):
             if queue.name.startswith(prefix) and not queues.is_alive(self.backend, queue.name[len(prefix):]):
-                for job_id in queue.job_ids:
-                    job = queue.fetch_job(job_id)
-                    if job is not None and job.args:
-                        conn.delete(self.backend.key("drain", str(job.args[0])))
                 queue.delete(delete_jobs=True)
                 logger.info("reaper: removed the queue of dead worker %s", queue.name[len(prefix):])
 

@@ -43,6 +43,12 @@ class PersistenceConfig:
     def from_redis_url(cls, url: str, namespace: str = "tuft") -> "PersistenceConfig":
         return cls(mode="redis_url", redis_url=url, namespace=namespace)
 
+    def as_dict(self) -> dict[str, str]:
+        """The ``persistence:`` block of models.yaml that parses back to this config."""
+        if self.mode == "disabled":
+            return {"mode": "disabled"}
+        return {"mode": self.mode, "redis_url": self.redis_url or "", "namespace": self.namespace}
+
 
 @dataclass(frozen=True)
 class TuftConfig:

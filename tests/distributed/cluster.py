@@ -167,10 +167,14 @@ class Cluster:
         self.api.send_signal(signal.SIGKILL)
         self.api.wait(timeout=30)
 
+    def worker_id(self, name: str) -> str:
+        """RQ worker names are global to a Redis database: make ours unique to this deployment."""
+        return f"{name}-{self.namespace}"
+
     def start_worker(self, name: str, extra_env: dict[str, str] | None = None) -> None:
         log = open(self.home / f"worker-{name}.log", "ab")
         self.workers[name] = subprocess.Popen(
-            [sys.executable, str(ROOT / "manage.py"), "tuft_worker", "--name", name],
+            [sys.executable, str(ROOT / "manage.py"), "tuft_worker", "--name", self.worker_id(name)],
             env=self.env(extra_env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
 
@@ -181,7 +185,7 @@ class Cluster:
             for name in names:
                 if self.workers[name].poll() is not None:
                     raise RuntimeError(f"worker {name} exited:\n{self.log('worker-' + name)}")
-            if all(self.redis().exists(f"{self.namespace}:alive:{name}") for name in names):
+            if all(self.redis().exists(f"{self.namespace}:alive:{self.worker_id(name)}") for name in names):
                 return
             time.sleep(0.5)
         raise RuntimeError(f"workers {names} did not come up")

@@ -65,7 +65,7 @@ def test_two_tenants_train_and_sample_through_two_workers(cluster: Cluster, refe
 
     status = cluster.queues()
     assert status["mode"] == "distributed" and status["persistence"] == "redis_url"
-    assert {"w1", "w2"} <= {w["name"] for w in status["workers"] if w["alive"]}
+    assert {cluster.worker_id("w1"), cluster.worker_id("w2")} <= {w["name"] for w in status["workers"] if w["alive"]}
     assert status["operations"] == {"pending": 0, "running": 0}
     assert {f"{cluster.namespace}-train", f"{cluster.namespace}-sample"} <= set(status["queues"])
     # RQ's dashboard is there, behind the admin login.

@@ -43,7 +43,7 @@ def test_redis_restart_mid_run(tmp_path: Path, tiny_model_dir: Path, reference_l
         losses += [step(training_client) for _ in range(STEPS - 2)]
         assert losses == pytest.approx(reference_losses, rel=1e-5), cluster.logs()
         # The worker registered itself again on the new Redis.
-        assert "w1" in {w["name"] for w in cluster.queues()["workers"]}
+        assert cluster.worker_id("w1") in {w["name"] for w in cluster.queues()["workers"]}
     finally:
         cluster.stop()
         redis_server.stop()

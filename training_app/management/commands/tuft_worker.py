@@ -39,23 +39,63 @@ class Command(BaseCommand):
                 "in models.yaml"
             )
         runtime = current_runtime(options["name"] or default_worker_name())
+        _wait_for_name(runtime)
         # Like django-rq's rqworker: never carry connections opened before the loop.
         for conn in connections.all():
             conn.close()
         while True:
             try:
                 worker = TuftWorker([], name=runtime.name)
+                _clear_stale_registration(worker)
                 worker.work(burst=options["burst"], logging_level=options["log_level"])
                 if options["burst"] or worker.shutdown_requested:
                     break
                 logger.warning("worker %s: RQ loop ended unexpectedly; restarting it in 2 s", runtime.name)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 logger.warning("worker %s: Redis unavailable (%s); retrying in 2 s", runtime.name, exc)
-            except ValueError as exc:  # "There exists an active worker named ..." (stale registration)
-                logger.warning("worker %s: %s; retrying in 2 s", runtime.name, exc)
             # Between loops a signal must stop the process the ordinary way.
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             time.sleep(2.0)
         runtime.stop()
         logger.info("worker %s stopped", runtime.name)
+
+
+def _wait_for_name(runtime) -> None:  # type: ignore[no-untyped-def]
+    """Refuse a name a live worker uses; wait out the liveness of a dead one (a restart after SIGKILL)."""
+    from training_app import queues
+
+    key = runtime.backend.key("alive", runtime.name)
+    deadline = time.monotonic() + runtime.backend.lease_s + 2
+    while True:
+        try:
+            holder = queues.connection().get(key)
+        except redis.RedisError:
+            return  # no Redis yet: the work loop waits for it
+        if holder is None or holder.decode() == runtime.identity:
+            return
+        if time.monotonic() > deadline:
+            raise CommandError(f"a live worker named {runtime.name!r} ({holder.decode()}) exists; use another --name")
+        logger.info("worker %s: waiting for the previous worker of this name (%s) to expire",
+                    runtime.name, holder.decode())
+        time.sleep(1.0)
+
+
+def _clear_stale_registration(worker) -> None:  # type: ignore[no-untyped-def]
+    """Drop RQ's record of a dead worker of the same name, which would block ``register_birth``.
+
+    A SIGKILLed worker cannot register its death, and RQ keeps a busy worker's
+    key for minutes. ``_wait_for_name`` has established that no other live
+    process uses this name, so the record is stale.
+    """
+    from rq import worker_registration
+
+    try:
+        if worker.connection.exists(worker.key) and not worker.connection.hexists(worker.key, "death"):
+            logger.warning("worker %s: removing the stale registration of a dead worker of this name", worker.name)
+            with worker.connection.pipeline() as pipe:
+                worker_registration.unregister(worker, pipe)
+                pipe.delete(worker.key)
+                pipe.execute()
+    except redis.RedisError:
+        pass

@@ -1,0 +1,175 @@
+"""Concurrent tenants through one worker: embedded vs Redis (RQ) dispatch.
+
+    python bench/bench_tenants.py [--tenants 1 2 4] [--steps 6] [--batch 4] [--seq 64] [--size small]
+
+For each mode it starts real processes: embedded = one `tuft` server (worker
+threads inside); redis = one `tuft` API server plus ONE `manage.py tuft_worker`
+(persistence mode redis_url, so every optim_step also writes its automatic
+checkpoint), on the local Redis (127.0.0.1:6379, a namespace of its own) and
+PostgreSQL if it answers (else SQLite). Then:
+
+* throughput: N tenants at once, each with its own LoRA run, each doing
+  ``--steps`` forward_backward + optim_step steps through the unmodified SDK;
+  total steps per second, for N in ``--tenants``;
+* latency: one tenant, sequential small operations (a 1x8-token ``forward``,
+  and an ``optim_step``), mean time from submission to result.
+
+Prints both modes side by side with their ratios (measured in one run: these
+machines are noisy, compare within a run only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TINKER_TELEMETRY", "0")
+
+MODEL = "tuft/tiny-qwen3"
+
+
+def make_data(batch: int, seq: int, vocab: int, seed: int):  # -> list[types.Datum]
+    from tinker import types
+
+    rng = random.Random(seed)
+    rows = [[rng.randrange(2, vocab) for _ in range(seq + 1)] for _ in range(batch)]
+    return [
+        types.Datum(model_input=types.ModelInput.from_ints(r[:-1]),
+                    loss_fn_inputs={"target_tokens": types.TensorData(data=r[1:], dtype="int64", shape=[len(r) - 1])})
+        for r in rows
+    ]
+
+
+def tenant_loop(url: str, key: str, data: list, steps: int, barrier: threading.Barrier, out: list) -> None:
+    import tinker
+    from tinker import types
+
+    training = tinker.ServiceClient(base_url=url, api_key=key).create_lora_training_client(
+        base_model=MODEL, rank=8, seed=0).result(timeout=300)
+    adam = types.AdamParams(learning_rate=1e-3)
+    training.forward_backward(data, "cross_entropy").result(timeout=300)  # warm-up, not timed
+    training.optim_step(adam).result(timeout=300)
+    barrier.wait()
+    for _ in range(steps):
+        fb = training.forward_backward(data, "cross_entropy")
+        opt = training.optim_step(adam)
+        fb.result(timeout=600)
+        opt.result(timeout=600)
+    out.append(time.perf_counter())
+
+
+def throughput(url: str, keys: list[str], data: list, steps: int) -> float:
+    """Steps per second of len(keys) tenants training at once."""
+    barrier = threading.Barrier(len(keys) + 1)
+    ends: list[float] = []
+    threads = [threading.Thread(target=tenant_loop, args=(url, k, data, steps, barrier, ends)) for k in keys]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    if len(ends) != len(keys):
+        raise RuntimeError("a tenant failed; see the server logs")
+    return len(keys) * steps / (max(ends) - start)
+
+
+def latency(url: str, key: str, repeats: int) -> dict[str, float]:
+    """Mean seconds from submission to result of small sequential operations."""
+    import tinker
+    from tinker import types
+
+    training = tinker.ServiceClient(base_url=url, api_key=key).create_lora_training_client(
+        base_model=MODEL, rank=8, seed=0).result(timeout=300)
+    small = make_data(1, 8, 200, seed=1)
+    adam = types.AdamParams(learning_rate=1e-3)
+    training.forward(small, "cross_entropy").result(timeout=300)  # warm-up
+    result = {}
+    for name, call in (("forward", lambda: training.forward(small, "cross_entropy")),
+                       ("optim_step", lambda: training.optim_step(adam))):
+        samples = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            call().result(timeout=300)
+            samples.append(time.perf_counter() - t0)
+        result[name] = statistics.mean(samples)
+    return result
+
+
+def run_mode(mode: str, home: Path, model_dir: Path, tenants: list[int], data: list, steps: int,
+             repeats: int) -> dict[str, object]:
+    from tests.conftest import start_server, write_models_yaml
+    from tests.distributed.cluster import Cluster, postgres_database
+
+    n_keys = max(tenants)
+    if mode == "embedded":
+        server = start_server(home / "embedded", write_models_yaml(home / "models.yaml", model_dir, 4096))
+        url, stop = server.url, server.stop
+        keys = [server.create_tenant(f"t{i}") for i in range(n_keys)]
+    else:
+        cluster = Cluster(home=home / "redis", model_dir=model_dir, redis_url="redis://127.0.0.1:6379/10",
+                          database_url=postgres_database(), extra_env={"TUFT_LONG_POLL_S": "25"})
+        cluster.models_yaml.write_text(cluster.models_yaml.read_text().replace("max_model_len: 256",
+                                                                               "max_model_len: 4096"))
+        cluster.start_api()
+        cluster.start_worker("bench")
+        keys = [cluster.create_tenant(f"t{i}") for i in range(n_keys)]
+        cluster.wait_workers("bench")
+        url, stop = cluster.url, cluster.stop
+    try:
+        figures: dict[str, object] = {"latency": latency(url, keys[0], repeats)}
+        for n in tenants:
+            figures[f"tput{n}"] = throughput(url, keys[:n], data, steps)
+        return figures
+    finally:
+        stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tenants", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--steps", type=int, default=6, help="timed steps per tenant")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--size", default="small", help="built-in model size (tiny | small)")
+    p.add_argument("--repeats", type=int, default=20, help="sequential operations per latency figure")
+    args = p.parse_args()
+
+    from engine.tiny_model import SIZES, build_tiny_model
+    from tests.distributed.cluster import redis_reachable
+
+    if not redis_reachable("redis://127.0.0.1:6379/10"):
+        sys.exit("Redis is not running at 127.0.0.1:6379 (start it with: bash .ci/services.sh)")
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        model_dir = build_tiny_model(home / "model", SIZES[args.size])
+        data = make_data(args.batch, args.seq, SIZES[args.size].vocab_size, seed=0)
+        figures = {mode: run_mode(mode, home, model_dir, args.tenants, data, args.steps, args.repeats)
+                   for mode in ("embedded", "redis")}
+
+    emb, red = figures["embedded"], figures["redis"]
+    print(f"model {args.size}; batch {args.batch}x{args.seq}; {args.steps} timed steps per tenant; one worker")
+    print(f"{'tenants':>8} {'embedded steps/s':>17} {'redis steps/s':>14} {'redis/embedded':>15}")
+    for n in args.tenants:
+        e, r = emb[f"tput{n}"], red[f"tput{n}"]
+        print(f"{n:>8} {e:>17.2f} {r:>14.2f} {r / e:>14.2f}x")
+    for n in args.tenants[1:]:
+        print(f"scaling {args.tenants[0]}->{n} tenants: embedded {emb[f'tput{n}'] / emb[f'tput{args.tenants[0]}']:.2f}x,"
+              f" redis {red[f'tput{n}'] / red[f'tput{args.tenants[0]}']:.2f}x")
+    print(f"{'latency (s/op)':>15} {'embedded':>9} {'redis':>9} {'added':>9} {'ratio':>7}")
+    for op in ("forward", "optim_step"):
+        e, r = emb["latency"][op], red["latency"][op]
+        print(f"{op:>15} {e:>9.4f} {r:>9.4f} {r - e:>+9.4f} {r / e:>6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
