@@ -13,7 +13,7 @@ from sessions_app.actions import access_active_session
 from sessions_app.api import TenantAPIView
 from sessions_app.quotas import check_token_budget
 from training_app import actions, protocol
-from training_app.checkpoint_paths import check_name, parse_tinker_path
+from training_app.checkpoint_paths import check_name
 from training_app.models import Operation
 from training_app.parsers import ProtobufParser
 from tuft_project.exceptions import BadRequest
