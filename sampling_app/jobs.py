@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dataclasses
 import logging
 
@@ -9,13 +11,15 @@ import numpy as np
 from tinker import types as T
 from tinker.proto import tinker_public_pb2 as pb
 
-from engine.runtime import Engine
 from engine.types import SampleResult, UserInputError
 from sampling_app.specs import sample_spec_from_request
 from training_app import protocol
 from training_app.checkpoint_paths import absolute
 from training_app.jobs import Outcome, handles
 from training_app.models import Operation
+
+if TYPE_CHECKING:  # importing the engine loads torch: keep it out of views and manage.py
+    from engine.runtime import Engine
 
 logger = logging.getLogger(__name__)
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import logging
 
 from tinker import types as T
 
-from engine.runtime import Engine
 from training_app.jobs import Outcome, _save, handles
 from training_app.models import Checkpoint, Operation
+
+if TYPE_CHECKING:  # importing the engine loads torch: keep it out of views and manage.py
+    from engine.runtime import Engine
 
 logger = logging.getLogger(__name__)
 

@@ -28,6 +28,8 @@ Rules (docs/distributed.md explains the design):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import logging
 import os
 import shutil
@@ -39,10 +41,12 @@ from django.conf import settings
 from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
 from django.db.models.functions import Now
 
-from engine.runtime import Engine
 from engine.types import EngineError, UserInputError
 from training_app.jobs import HANDLERS, ExecutionHooks
 from training_app.models import Operation, TrainingRun
+
+if TYPE_CHECKING:  # importing the engine loads torch: keep it out of views and manage.py
+    from engine.runtime import Engine
 
 logger = logging.getLogger(__name__)
 

@@ -12,13 +12,12 @@ import logging
 import shutil
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 from tinker import types as T
 
-from engine.runtime import Engine
 from engine.types import AdamSpec, EngineError, ForwardBackwardSpec, LoraSpec, UserInputError
 from training_app import protocol
 from training_app.checkpoint_paths import TinkerPath, absolute, check_name, storage_relpath
@@ -27,6 +26,9 @@ from training_app.models import Checkpoint, Operation, TrainingRun
 from training_app.signals import operation_finished
 from tuft_project.exceptions import ApiError
 from tuft_project.runtime import get_config
+
+if TYPE_CHECKING:  # importing the engine loads torch: keep it out of views and manage.py
+    from engine.runtime import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class Outcome:
     metrics: dict[str, float] | None = None
 
 
-Handler = Callable[[Engine, Operation], Outcome]
+Handler = Callable[["Engine", Operation], Outcome]
 HANDLERS: dict[str, Handler] = {}
 
 
@@ -95,6 +97,8 @@ class EngineExecutor:
     def engine(self) -> Engine:
         with self._lock:
             if self._engine is None:
+                from engine.runtime import Engine
+
                 self._engine = Engine(get_config().models)
             return self._engine
 
