@@ -42,7 +42,7 @@ from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
 from django.db.models.functions import Now
 
 from engine.types import EngineError, UserInputError
-from training_app.jobs import HANDLERS, ExecutionHooks
+from training_app.jobs import HANDLERS, ExecutionHooks, OutcomeRejected
 from training_app.models import Operation, TrainingRun
 
 if TYPE_CHECKING:  # importing the engine loads torch: keep it out of views and manage.py
@@ -62,7 +62,7 @@ WORKER_DIED = (
 )
 
 
-class Superseded(Exception):
+class Superseded(OutcomeRejected):
     """This worker lost the run's lease or the operation: its outcome must not be recorded."""
 
 

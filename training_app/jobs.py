@@ -55,6 +55,10 @@ def handles(kind: str) -> Callable[[Handler], Handler]:
     return deco
 
 
+class OutcomeRejected(Exception):
+    """Raised by ``ExecutionHooks.guard``: this executor must record nothing for the operation."""
+
+
 class ExecutionHooks:
     """How an executor claims, prepares and commits one operation.
 
@@ -116,6 +120,20 @@ class EngineExecutor:
             return
         if not self.hooks.claim(op):
             return
+        try:
+            self._run(op)
+        except OutcomeRejected:
+            raise
+        except Exception:
+            # Recording the outcome itself failed (e.g. the database refused the
+            # result): fail the future rather than leave it running forever.
+            logger.exception("could not record the outcome of operation %s", op.request_id)
+            _finish(op, error="internal error while recording the result", category="server",
+                    guard=self.hooks.guard)
+        finally:
+            close_old_connections()
+
+    def _run(self, op: Operation) -> None:
         guard = self.hooks.guard
         try:
             self.hooks.prepare(self.engine, op)
@@ -125,13 +143,13 @@ class EngineExecutor:
             _finish(op, error=str(exc), category="user" if exc.user else "server", guard=guard)
         except ApiError as exc:  # e.g. a checkpoint that is not (or no longer) accessible
             _finish(op, error=exc.detail, category="user", guard=guard)
+        except OutcomeRejected:
+            raise
         except Exception as exc:
             logger.exception("operation %s (%s) of tenant %s failed", op.request_id, op.kind, op.tenant_id)
             _finish(op, error=f"internal error: {type(exc).__name__}: {exc}", category="server", guard=guard)
         else:
             _finish(op, outcome=outcome, guard=guard)
-        finally:
-            close_old_connections()
 
     def release_run(self, run_id: str) -> None:
         if self._engine is not None:
