@@ -7,6 +7,7 @@ data directory and SQLite database, or ``DATABASE_URL`` when set).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -23,6 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "tuft/tiny-qwen3"
 # The SDK's background telemetry is noise in tests.
 os.environ.setdefault("TINKER_TELEMETRY", "0")
+# Clients outlive the servers of earlier tests; their heartbeat threads would log
+# "heartbeat failed" warnings into pytest's closed streams at exit.
+logging.getLogger("tinker").setLevel(logging.ERROR)
 
 
 @pytest.fixture(scope="session")
