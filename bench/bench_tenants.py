@@ -111,13 +111,15 @@ def run_mode(mode: str, home: Path, model_dir: Path, tenants: list[int], data: l
     from tests.distributed.cluster import Cluster, postgres_database
 
     n_keys = max(tenants)
+    database_url = postgres_database()  # the same kind of database for both modes
     if mode == "embedded":
-        server = start_server(home / "embedded", write_models_yaml(home / "models.yaml", model_dir, 4096))
+        server = start_server(home / "embedded", write_models_yaml(home / "models.yaml", model_dir, 4096),
+                              extra_env={"DATABASE_URL": database_url} if database_url else None)
         url, stop = server.url, server.stop
         keys = [server.create_tenant(f"t{i}") for i in range(n_keys)]
     else:
         cluster = Cluster(home=home / "redis", model_dir=model_dir, redis_url="redis://127.0.0.1:6379/10",
-                          database_url=postgres_database(), extra_env={"TUFT_LONG_POLL_S": "25"})
+                          database_url=database_url, extra_env={"TUFT_LONG_POLL_S": "25"})
         cluster.models_yaml.write_text(cluster.models_yaml.read_text().replace("max_model_len: 256",
                                                                                "max_model_len: 4096"))
         cluster.start_api()
@@ -129,6 +131,7 @@ def run_mode(mode: str, home: Path, model_dir: Path, tenants: list[int], data: l
         figures: dict[str, object] = {"latency": latency(url, keys[0], repeats)}
         for n in tenants:
             figures[f"tput{n}"] = throughput(url, keys[:n], data, steps)
+        figures["database"] = "postgresql" if database_url else "sqlite"
         return figures
     finally:
         stop()
@@ -149,6 +152,7 @@ def main() -> None:
 
     if not redis_reachable("redis://127.0.0.1:6379/10"):
         sys.exit("Redis is not running at 127.0.0.1:6379 (start it with: bash .ci/services.sh)")
+    load = os.getloadavg()[0]  # other work on the machine skews every figure
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         model_dir = build_tiny_model(home / "model", SIZES[args.size])
@@ -157,7 +161,8 @@ def main() -> None:
                    for mode in ("embedded", "redis")}
 
     emb, red = figures["embedded"], figures["redis"]
-    print(f"model {args.size}; batch {args.batch}x{args.seq}; {args.steps} timed steps per tenant; one worker")
+    print(f"model {args.size}; batch {args.batch}x{args.seq}; {args.steps} timed steps per tenant; one worker; "
+          f"database {emb['database']}; load average before: {load:.2f}")
     print(f"{'tenants':>8} {'embedded steps/s':>17} {'redis steps/s':>14} {'redis/embedded':>15}")
     for n in args.tenants:
         e, r = emb[f"tput{n}"], red[f"tput{n}"]

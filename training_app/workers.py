@@ -22,7 +22,7 @@ import time
 
 import redis
 from django.db import close_old_connections, connection as db_connection
-from django.db.models import Min, Q
+from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils import timezone
 from rq.timeouts import BaseDeathPenalty
@@ -293,11 +293,10 @@ class Reaper:
         self._released_state()
 
     def _training(self) -> None:
-        waiting = (
+        ids = set(
             Operation.objects.filter(status__in=UNFINISHED, training_run__isnull=False)
-            .values("training_run_id").annotate(oldest=Min("created_at"))
+            .values_list("training_run_id", flat=True)
         )
-        ids = [row["training_run_id"] for row in waiting]
         if not ids:
             return
         free = TrainingRun.objects.filter(id__in=ids).filter(Q(lease_owner="") | Q(lease_expires_at__lt=Now()))
