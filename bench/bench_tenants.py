@@ -12,7 +12,7 @@ PostgreSQL if it answers (else SQLite). Then:
   ``--steps`` forward_backward + optim_step steps through the unmodified SDK;
   total steps per second, for N in ``--tenants``;
 * latency: one tenant, sequential small operations (a 1x8-token ``forward``,
-  and an ``optim_step``), mean time from submission to result.
+  and an ``optim_step``), median (and max) time from submission to result.
 
 Prints both modes side by side with their ratios (measured in one run: these
 machines are noisy, compare within a run only).
@@ -84,7 +84,7 @@ def throughput(url: str, keys: list[str], data: list, steps: int) -> float:
 
 
 def latency(url: str, key: str, repeats: int) -> dict[str, float]:
-    """Mean seconds from submission to result of small sequential operations."""
+    """Median (and max) seconds from submission to result of small sequential operations."""
     import tinker
     from tinker import types
 
@@ -101,7 +101,8 @@ def latency(url: str, key: str, repeats: int) -> dict[str, float]:
             t0 = time.perf_counter()
             call().result(timeout=300)
             samples.append(time.perf_counter() - t0)
-        result[name] = statistics.mean(samples)
+        result[name] = statistics.median(samples)
+        result[name + ":max"] = max(samples)
     return result
 
 
@@ -170,10 +171,11 @@ def main() -> None:
     for n in args.tenants[1:]:
         print(f"scaling {args.tenants[0]}->{n} tenants: embedded {emb[f'tput{n}'] / emb[f'tput{args.tenants[0]}']:.2f}x,"
               f" redis {red[f'tput{n}'] / red[f'tput{args.tenants[0]}']:.2f}x")
-    print(f"{'latency (s/op)':>15} {'embedded':>9} {'redis':>9} {'added':>9} {'ratio':>7}")
+    print(f"{'median latency':>15} {'embedded':>9} {'redis':>9} {'added':>9} {'ratio':>7}   (max: embedded, redis)")
     for op in ("forward", "optim_step"):
         e, r = emb["latency"][op], red["latency"][op]
-        print(f"{op:>15} {e:>9.4f} {r:>9.4f} {r - e:>+9.4f} {r / e:>6.2f}x")
+        print(f"{op:>15} {e:>9.4f} {r:>9.4f} {r - e:>+9.4f} {r / e:>6.2f}x   "
+              f"({emb['latency'][op + ':max']:.3f}, {red['latency'][op + ':max']:.3f})")
 
 
 if __name__ == "__main__":

@@ -73,15 +73,29 @@ def test_two_tenants_train_and_sample_through_two_workers(cluster: Cluster, refe
     assert r.status_code == 302 and "/admin/login/" in r.headers["location"]
 
 
-def test_resubmitted_seq_id_returns_the_same_future(cluster: Cluster) -> None:
+def test_seq_order_and_resubmission_hold_across_processes(cluster: Cluster) -> None:
+    """Operations arriving out of order run in seq order; a resubmitted seq_id gets its future back."""
     training_client = new_run(client(cluster))
-    step(training_client)  # seq 1 forward_backward, seq 2 optim_step
-    body = {"model_id": training_client.model_id, "seq_id": 2, "adam_params": ADAM.model_dump(),
-            "type": "optim_step"}
+    step(training_client)  # seq 1 forward_backward, seq 2 optim_step: AdamW step 1
     headers = {"X-API-Key": cluster.keys["alice"]}
-    first = httpx.post(f"{cluster.url}/api/v1/optim_step", json=body, headers=headers, timeout=30).json()
-    again = httpx.post(f"{cluster.url}/api/v1/optim_step", json=body, headers=headers, timeout=30).json()
-    assert first["request_id"] == again["request_id"]
+
+    def optim(seq_id: int) -> str:
+        body = {"model_id": training_client.model_id, "seq_id": seq_id, "adam_params": ADAM.model_dump(),
+                "type": "optim_step"}
+        return httpx.post(f"{cluster.url}/api/v1/optim_step", json=body, headers=headers, timeout=30).json()["request_id"]
+
+    later, earlier = optim(4), optim(3)  # seq 4 arrives first
+    assert optim(4) == later and optim(2) != later  # resubmissions: the existing futures
+
+    def result(request_id: str) -> dict:
+        while True:
+            r = httpx.post(f"{cluster.url}/api/v1/retrieve_future", json={"request_id": request_id},
+                           headers=headers, timeout=60).json()
+            if r.get("type") != "try_again":
+                return r
+
+    assert result(earlier)["metrics"]["step:max"] == 2.0
+    assert result(later)["metrics"]["step:max"] == 3.0
 
 
 def test_run_survives_api_and_worker_restarts(cluster: Cluster, reference_losses: list[float]) -> None:
