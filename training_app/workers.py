@@ -84,6 +84,8 @@ class WorkerRuntime:
         self.tick_s = max(0.5, backend.lease_s / 3)
         self._started = False
         self._stop = threading.Event()
+        # Set on the first SIGTERM/SIGINT: the current operation finishes, the rest is handed over.
+        self.stopping = False
         # What the liveness key holds: tells this process from an earlier one of the same name.
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -105,7 +107,12 @@ class WorkerRuntime:
         logger.info("worker %s ready: models %s resident", self.name, ", ".join(engine.specs))
 
     def stop(self) -> None:
+        """After a graceful shutdown: stop maintenance and stop attracting jobs to this worker's queue."""
         self._stop.set()
+        try:
+            queues.connection().delete(self.backend.key("alive", self.name))
+        except redis.RedisError:
+            pass
 
     def _on_finished(self, sender: object, operation: Operation, **kwargs: object) -> None:
         queues.publish_done(operation.request_id)
@@ -138,6 +145,9 @@ class WorkerRuntime:
             run = TrainingRun.objects.filter(pk=run_id).first()
             if run is None or self._next_op(run) is None:
                 return
+            if self.stopping:
+                self._hand_over(run_id)
+                return
 
     def sample(self, request_id: str) -> None:
         try:
@@ -147,6 +157,14 @@ class WorkerRuntime:
         with self.lock:
             self.executor.execute(request_id)
 
+    def _hand_over(self, run_id: str) -> None:
+        """Queue the run's remaining operations for another worker (this one is stopping)."""
+        try:
+            queues.connection().delete(self.backend.key("owner", run_id))
+            queues.enqueue_drain(run_id, force=True)
+        except redis.RedisError:
+            pass  # the reaper queues it once this worker's lease has gone
+
     def _set_owner(self, run_id: str) -> None:
         try:
             queues.connection().set(self.backend.key("owner", run_id), self.name, ex=7 * 24 * 3600)
@@ -155,6 +173,8 @@ class WorkerRuntime:
 
     def _drain_held(self, run_id: str) -> None:
         while True:
+            if self.stopping:  # warm shutdown: finish the current op only (drain hands the rest over)
+                return
             run = TrainingRun.objects.filter(pk=run_id).first()
             if run is None:
                 return
@@ -387,6 +407,7 @@ class TuftWorker(SimpleWorker):
         # RQ only records a stop that arrives mid-job; tuft_worker must also know
         # about one that arrived while idle, or it would start the loop again.
         self.shutdown_requested = True
+        self.runtime.stopping = True
         super().request_stop(signum, frame)
 
     def work(self, *args: object, **kwargs: object) -> bool:
