@@ -135,10 +135,10 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
 }
 
-RQ_QUEUES = {
-    "tuft-train": {"URL": REDIS_URL or "redis://127.0.0.1:6379/0", "DEFAULT_TIMEOUT": -1},
-    "tuft-sample": {"URL": REDIS_URL or "redis://127.0.0.1:6379/0", "DEFAULT_TIMEOUT": -1},
-}
+# django-rq's queues (and dashboard at /django-rq/). Distributed mode adds its
+# namespace's queues at start-up (training_app.queues.register_queues), also when
+# Redis comes from models.yaml rather than REDIS_URL; embedded mode has none.
+RQ_QUEUES: dict[str, dict[str, object]] = {}
 
 LOGGING = {
     "version": 1,

@@ -237,8 +237,8 @@ class Cluster:
 
     # -- management commands and logs ---------------------------------------------
 
-    def manage(self, *args: str) -> str:
-        out = subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], env=self.env(), cwd=ROOT,
+    def manage(self, *args: str, env: dict[str, str] | None = None) -> str:
+        out = subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], env=self.env(env), cwd=ROOT,
                              capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
             raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")

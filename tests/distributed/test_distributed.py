@@ -63,14 +63,25 @@ def test_two_tenants_train_and_sample_through_two_workers(cluster: Cluster, refe
     assert results["bob"] == pytest.approx(reference_losses, rel=1e-5)
     assert results["alice:sample"] == results["bob:sample"]
 
-    status = cluster.queues()
+
+def test_operators_see_queue_depth_and_worker_liveness(cluster: Cluster) -> None:
+    status = cluster.queues()  # manage.py tuft_queues --json
     assert status["mode"] == "distributed" and status["persistence"] == "redis_url"
     assert {cluster.worker_id("w1"), cluster.worker_id("w2")} <= {w["name"] for w in status["workers"] if w["alive"]}
     assert status["operations"] == {"pending": 0, "running": 0}
     assert {f"{cluster.namespace}-train", f"{cluster.namespace}-sample"} <= set(status["queues"])
-    # RQ's dashboard is there, behind the admin login.
+
+    # RQ's dashboard: anonymous visitors are sent to the admin login; staff see the queues.
     r = httpx.get(f"{cluster.url}/django-rq/", follow_redirects=False, timeout=10)
     assert r.status_code == 302 and "/admin/login/" in r.headers["location"]
+    cluster.manage("createsuperuser", "--noinput", "--username", "ops", "--email", "ops@example.com",
+                   env={"DJANGO_SUPERUSER_PASSWORD": "ops-password-1"})
+    with httpx.Client(base_url=cluster.url, timeout=10) as web:
+        web.get("/admin/login/")
+        r = web.post("/admin/login/?next=/django-rq/", follow_redirects=True, data={
+            "username": "ops", "password": "ops-password-1", "next": "/django-rq/",
+            "csrfmiddlewaretoken": web.cookies["csrftoken"]})
+        assert r.status_code == 200 and f"{cluster.namespace}-train" in r.text
 
 
 def test_seq_order_and_resubmission_hold_across_processes(cluster: Cluster) -> None:
