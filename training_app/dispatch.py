@@ -4,7 +4,9 @@ Two back ends behind one interface (``submit_training`` / ``submit_sampling``):
 
 * ``EmbeddedDispatcher`` (default): worker threads inside the server process,
   one lane for training and one for sampling, sharing one ``Engine``.
-* the RQ back end (``training_app.rq_dispatch``) when ``REDIS_URL`` is set.
+* the RQ back end (``training_app.rq_dispatch``) when ``REDIS_URL`` or models.yaml
+  ``persistence: {mode: redis_url}`` is set (docs/distributed.md); it keeps the same
+  ordering rules, read from the database, in ``training_app.workers``.
 
 Ordering rule: an operation of a training run executes only after every
 operation with a smaller ``seq_id`` of that run has finished, even when the

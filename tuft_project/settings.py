@@ -135,10 +135,14 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
 }
 
-# django-rq's queues (and dashboard at /django-rq/). Distributed mode adds its
-# namespace's queues at start-up (training_app.queues.register_queues), also when
-# Redis comes from models.yaml rather than REDIS_URL; embedded mode has none.
-RQ_QUEUES: dict[str, dict[str, object]] = {}
+# django-rq's queues (and dashboard at /django-rq/). Distributed mode also adds
+# them at start-up (training_app.queues.register_queues) when Redis comes from
+# models.yaml rather than REDIS_URL; embedded mode has none.
+_RQ_NAMESPACE = os.environ.get("TUFT_REDIS_NAMESPACE", "tuft")
+RQ_QUEUES: dict[str, dict[str, object]] = {
+    f"{_RQ_NAMESPACE}-{lane}": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": -1, "SERIALIZER": "rq.serializers.JSONSerializer"}
+    for lane in ("train", "sample")
+} if REDIS_URL else {}
 
 LOGGING = {
     "version": 1,
