@@ -21,8 +21,9 @@ def test_redis_restart_mid_run(tmp_path: Path, tiny_model_dir: Path, reference_l
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     redis_server = PrivateRedis(tmp_path / "redis")
     redis_server.start()
+    # Configured through REDIS_URL (the models.yaml block is covered by test_distributed).
     cluster = Cluster(home=tmp_path / "home", model_dir=tiny_model_dir, redis_url=redis_server.url,
-                      database_url=postgres_database())
+                      persistence="disabled", database_url=postgres_database())
     try:
         cluster.start_api()
         cluster.start_worker("w1")
