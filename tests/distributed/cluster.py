@@ -226,12 +226,19 @@ class Cluster:
 
         try:
             conn = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1)
-            for pattern in (f"{self.namespace}:*", f"rq:*{self.namespace}-*"):
-                keys = list(conn.scan_iter(pattern, count=500))
-                if keys:
-                    conn.delete(*keys)
-            for queue in [k for k in conn.smembers("rq:queues") if self.namespace.encode() in k]:
-                conn.srem("rq:queues", queue)
+            ns = self.namespace.encode()
+            doomed = [k for pattern in (f"{self.namespace}:*", f"rq:*{self.namespace}*")
+                      for k in conn.scan_iter(pattern, count=500)]
+            # Jobs and executions a SIGKILLed worker left behind (their queues are gone now).
+            for key in conn.scan_iter("rq:job:*", count=500):
+                if ns in (conn.hget(key, "origin") or b""):
+                    doomed += [key, b"rq:executions:" + key.split(b":", 2)[2]]
+            if doomed:
+                conn.delete(*doomed)
+            for registry in (b"rq:queues", b"rq:workers"):
+                members = [m for m in conn.smembers(registry) if ns in m]
+                if members:
+                    conn.srem(registry, *members)
         except redis.RedisError:
             pass
 
