@@ -175,6 +175,9 @@ class WorkerRuntime:
         while True:
             if self.stopping:  # warm shutdown: finish the current op only (drain hands the rest over)
                 return
+            # Extend the lease before each operation; never act on a run another worker took.
+            if not acquire_run(run_id, self.name, self.backend.lease_s):
+                raise Superseded(f"worker {self.name} lost the lease of run {run_id}")
             run = TrainingRun.objects.filter(pk=run_id).first()
             if run is None:
                 return
