@@ -54,13 +54,18 @@ async def retrieve_future(request: HttpRequest) -> HttpResponse:
         return JsonResponse(error_body(f"invalid retrieve_future body: {exc}", "invalid_request"), status=400)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + float(settings.TUFT_LONG_POLL_S)
-    while True:
-        op = await Operation.objects.filter(tenant=tenant, request_id=body.request_id).afirst()
-        if op is None:
-            return JsonResponse(error_body(f"future {body.request_id!r} not found", "not_found"), status=404)
-        if op.is_done:
-            return render_operation(op)
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            return JsonResponse({"type": "try_again", "request_id": op.request_id, "queue_state": "active"})
-        await completion_hub.wait(op.request_id, min(RECHECK_S, remaining))
+    with completion_hub.subscribe(body.request_id) as finished:
+        while True:
+            op = await Operation.objects.filter(tenant=tenant, request_id=body.request_id).afirst()
+            if op is None:
+                return JsonResponse(error_body(f"future {body.request_id!r} not found", "not_found"), status=404)
+            if op.is_done:
+                return render_operation(op)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return JsonResponse({"type": "try_again", "request_id": op.request_id, "queue_state": "active"})
+            try:
+                await asyncio.wait_for(finished.wait(), min(RECHECK_S, remaining))
+            except asyncio.TimeoutError:
+                pass
+            finished.clear()

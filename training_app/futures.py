@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import defaultdict
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class CompletionHub:
@@ -20,22 +22,25 @@ class CompletionHub:
 
     def notify(self, request_id: str) -> None:
         with self._lock:
-            waiters = self._waiters.pop(request_id, set())
+            waiters = list(self._waiters.get(request_id, ()))
         for loop, event in waiters:
             try:
                 loop.call_soon_threadsafe(event.set)
             except RuntimeError:  # the waiting request's loop has closed
                 pass
 
-    async def wait(self, request_id: str, timeout: float) -> None:
-        """Return when notified or after ``timeout`` seconds, whichever is first."""
+    @contextmanager
+    def subscribe(self, request_id: str) -> Iterator[asyncio.Event]:
+        """An event set whenever ``request_id`` is notified, for as long as the block runs.
+
+        Subscribe *before* reading the operation's state: a completion that lands
+        between the read and the wait then still wakes the waiter.
+        """
         entry = (asyncio.get_running_loop(), asyncio.Event())
         with self._lock:
             self._waiters[request_id].add(entry)
         try:
-            await asyncio.wait_for(entry[1].wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+            yield entry[1]
         finally:
             with self._lock:
                 waiters = self._waiters.get(request_id)

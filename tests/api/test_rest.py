@@ -343,6 +343,7 @@ def test_silent_sessions_expire_and_release_their_adapters(short_timers: LiveSer
     rest = tinker.RestClient(base_url=srv.url, api_key=srv.keys["erin"])
     url = rest.get_external_weights_urls(_raw_result(srv, exported["request_id"])["path"]).result(
         timeout=TIMEOUT).urls["adapter_config.json"]
+    signed_at = time.time()
     assert _fetch(url)
 
     deadline = time.monotonic() + SESSION_TIMEOUT_S + 30
@@ -374,6 +375,8 @@ def test_silent_sessions_expire_and_release_their_adapters(short_timers: LiveSer
     fresh = tinker.ServiceClient(base_url=srv.url, api_key=srv.keys["erin"])
     restored = fresh.create_training_client_from_state(kept_path).result(timeout=TIMEOUT)
     _train_step(restored)
+    # Signatures carry whole seconds: wait until the 2 s lifetime has surely passed.
+    time.sleep(max(0.0, signed_at + 3.5 - time.time()))
     with pytest.raises(urllib.error.HTTPError) as err:
         _fetch(url)
     assert err.value.code == 404
