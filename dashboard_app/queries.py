@@ -20,7 +20,9 @@ from dashboard_app.viewers import Viewer
 from sampling_app.models import SamplingSession
 from sessions_app.models import ClientSession, DailyUsage, Tenant
 from sessions_app.quotas import quota_for, quota_status
+from training_app.dispatch_registry import is_distributed
 from training_app.models import Checkpoint, Operation, TrainingRun
+
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +207,7 @@ def worker_status(viewer: Viewer) -> dict[str, Any]:
         .values("kind", "tenant_id", "tenant__name", "training_run_id", "sampling_session_id")
     )
     lanes: list[dict[str, Any]] = []
-    if settings.REDIS_URL:
+    if is_distributed():
         try:
             lanes = _rq_workers()
         except Exception:

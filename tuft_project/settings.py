@@ -100,9 +100,25 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # Live dashboard events (dashboard_app.live). In-memory is enough when the worker
 # runs inside the server process (embedded); RQ workers in other processes publish
 # through Redis, which needs the channels-redis package.
+def _configured_redis_url() -> str:
+    """Redis of the deployment: models.yaml's persistence block wins over REDIS_URL
+    (the same rule as training_app.queues.get_backend). A models.yaml that cannot
+    be read here is reported, clearly, by the server's start-up check instead."""
+    try:
+        import yaml
+
+        persistence = (yaml.safe_load(TUFT_MODEL_CONFIG.read_text()) or {}).get("persistence") or {}
+        if persistence.get("mode") == "redis_url" and persistence.get("redis_url"):
+            return str(persistence["redis_url"])
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        pass
+    return REDIS_URL
+
+
+_LIVE_REDIS_URL = _configured_redis_url()
 CHANNEL_LAYERS = (
-    {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
-    if REDIS_URL else {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [_LIVE_REDIS_URL]}}}
+    if _LIVE_REDIS_URL else {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 )
 # Web side (admin and dashboard). Staff log in through the admin; tenants with an API key.
 LOGIN_URL = "/admin/login/"
