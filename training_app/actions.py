@@ -101,22 +101,7 @@ def check_create_model(tenant: Tenant, session: ClientSession, body: Any, base_m
     from sessions_app.quotas import check_training_run_quota
 
     check_training_run_quota(tenant, lora.rank)
-    try:
-        with transaction.atomic():
-            run = TrainingRun.objects.create(
-                id=run_id, tenant=tenant, session=session, model_seq_id=body.model_seq_id,
-                base_model=body.base_model, lora_rank=lora.rank, lora_seed=lora.seed,
-                train_mlp=lora.train_mlp, train_attn=lora.train_attn, train_unembed=lora.train_unembed,
-                user_metadata=dict(body.user_metadata or {}),
-            )
-            op = Operation.objects.create(
-                request_id=new_request_id(), tenant=tenant, kind=Operation.Kind.CREATE_MODEL,
-                training_run=run, seq_id=0, request=body.model_dump(mode="json"),
-            )
-            _enqueue_on_commit(op, run)
-    except IntegrityError:  # a concurrent retry created it first
-        return Operation.objects.get(tenant=tenant, training_run_id=run_id, seq_id=0)
-    return op
+    return _do_create_run(tenant, session, body, body.base_model, lora, Operation.Kind.CREATE_MODEL)
 
 
 def check_submit_run_op(
@@ -178,20 +163,31 @@ def check_create_run_from_checkpoint(tenant: Tenant, session: ClientSession, bod
     from sessions_app.quotas import check_training_run_quota
 
     check_training_run_quota(tenant, lora.rank)
+    return _do_create_run(tenant, session, body, ckpt.training_run.base_model, lora, Operation.Kind.LOAD_WEIGHTS)
+
+
+def _do_create_run(tenant: Tenant, session: ClientSession, body: Any, base_model: str, lora: Any,
+                   kind: str) -> Operation:
+    """Record a run and the operation that creates it (its seq 0), idempotently.
+
+    ``lora`` is anything with rank/seed/train_* attributes (the SDK's LoraConfig
+    or the engine's LoraSpec read from a checkpoint).
+    """
+    run_id = f"{session.id}:train:{body.model_seq_id}"
     try:
         with transaction.atomic():
             run = TrainingRun.objects.create(
                 id=run_id, tenant=tenant, session=session, model_seq_id=body.model_seq_id,
-                base_model=ckpt.training_run.base_model, lora_rank=lora.rank, lora_seed=lora.seed,
+                base_model=base_model, lora_rank=lora.rank, lora_seed=lora.seed,
                 train_mlp=lora.train_mlp, train_attn=lora.train_attn, train_unembed=lora.train_unembed,
                 user_metadata=dict(body.user_metadata or {}),
             )
             op = Operation.objects.create(
-                request_id=new_request_id(), tenant=tenant, kind=Operation.Kind.LOAD_WEIGHTS,
+                request_id=new_request_id(), tenant=tenant, kind=kind,
                 training_run=run, seq_id=0, request=body.model_dump(mode="json"),
             )
             _enqueue_on_commit(op, run)
-    except IntegrityError:
+    except IntegrityError:  # a concurrent retry created it first
         return Operation.objects.get(tenant=tenant, training_run_id=run_id, seq_id=0)
     return op
 
