@@ -8,6 +8,15 @@ import threading
 from training_app.futures import CompletionHub
 
 
+def run(coro_fn):  # type: ignore[no-untyped-def]
+    """asyncio.run in a thread of its own: other tests (Playwright) may leave a loop running here."""
+    result = []
+    t = threading.Thread(target=lambda: result.append(asyncio.run(coro_fn())))
+    t.start()
+    t.join(timeout=30)
+    return result[0]
+
+
 def test_notification_between_read_and_wait_is_not_lost() -> None:
     hub = CompletionHub()
 
@@ -20,7 +29,7 @@ def test_notification_between_read_and_wait_is_not_lost() -> None:
             await asyncio.wait_for(finished.wait(), timeout=5)
             return True
 
-    assert asyncio.run(poll())
+    assert run(poll)
     assert hub._waiters == {}  # the subscription is gone after the block
 
 
@@ -33,4 +42,4 @@ def test_other_requests_do_not_wake_the_poll() -> None:
             await asyncio.sleep(0.05)
             return finished.is_set()
 
-    assert asyncio.run(poll()) is False
+    assert run(poll) is False
