@@ -15,6 +15,7 @@ import httpx
 import pytest
 import tinker
 
+from tests.conftest import MODEL_NAME
 from tests.distributed.cluster import Cluster, postgres_database, redis_reachable, wait_for_file
 from tests.distributed.training import ADAM, STEPS, greedy, new_run, step, submit_step
 
@@ -164,3 +165,22 @@ def test_worker_killed_mid_step_is_taken_over(cluster: Cluster, reference_losses
         training_client.model_id,
     )
     assert sorted(attempts) == [("forward_backward", 2), ("optim_step", 2)]
+
+
+def test_worker_killed_mid_sample_is_retried(cluster: Cluster, tmp_path: Path) -> None:
+    """SIGKILL a worker in the middle of a sample: a live worker samples it again; no hang."""
+    base = client(cluster).create_sampling_client(base_model=MODEL_NAME).result(timeout=120)
+    expected = greedy(base)  # the same greedy answer, before any fault
+    for name in list(cluster.workers):
+        cluster.kill_worker(name)
+    marker = tmp_path / "sample.pid"
+    cluster.start_worker("s1", {"TUFT_FAILPOINT": f"sample:{marker}"})
+    answer: dict[str, object] = {}
+    waiter = threading.Thread(target=lambda: answer.setdefault("tokens", greedy(base)))
+    waiter.start()
+    cluster.kill_pid(int(wait_for_file(marker, 120, cluster)))
+    cluster.start_worker("r1")
+    cluster.start_worker("r2")
+    waiter.join(timeout=180)
+    assert not waiter.is_alive(), "the sample never finished after its worker was killed\n" + cluster.logs()
+    assert answer["tokens"] == expected
