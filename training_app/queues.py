@@ -149,17 +149,7 @@ def enqueue_drain(run_id: str, force: bool = False) -> bool:
     queued_on = conn.get(marker)
     if queued_on is not None and _dead_worker_queue(backend, queued_on.decode()):
         force = True  # queued for a worker that died: that job will never run
-    if not conn.set(marker, queue, nx=not force, ex=int(backend.requeue_after_s) or 1):
-        return False
-    try:
-        get_queue(queue).enqueue_call(
-            func=DRAIN_JOB, args=(run_id,), timeout=-1, result_ttl=0, failure_ttl=24 * 3600,
-            description=f"drain {run_id}",
-        )
-    except Exception:
-        conn.delete(marker)
-        raise
-    return True
+    return _enqueue_once(backend, marker, queue, force, DRAIN_JOB, run_id, f"drain {run_id}")
 
 
 def _dead_worker_queue(backend: Backend, queue: str) -> bool:
@@ -170,14 +160,24 @@ def _dead_worker_queue(backend: Backend, queue: str) -> bool:
 def enqueue_sample(request_id: str, force: bool = False) -> bool:
     backend = get_backend()
     assert backend is not None
-    conn = connection()
     marker = backend.key("sample", request_id)
-    if not conn.set(marker, "1", nx=not force, ex=int(backend.requeue_after_s) or 1):
+    return _enqueue_once(backend, marker, backend.sample_queue, force, SAMPLE_JOB, request_id,
+                         f"sample {request_id}")
+
+
+def _enqueue_once(backend: Backend, marker: str, queue: str, force: bool, func: str, arg: str,
+                  description: str) -> bool:
+    """Enqueue ``func(arg)`` on ``queue`` unless ``marker`` says such a job is already queued.
+
+    The marker (holding the queue name) expires after ``requeue_after_s``, so a job
+    lost with Redis is queued again by the reaper; it is removed if enqueueing fails.
+    """
+    conn = connection()
+    if not conn.set(marker, queue, nx=not force, ex=int(backend.requeue_after_s) or 1):
         return False
     try:
-        get_queue(backend.sample_queue).enqueue_call(
-            func=SAMPLE_JOB, args=(request_id,), timeout=-1, result_ttl=0, failure_ttl=24 * 3600,
-            description=f"sample {request_id}",
+        get_queue(queue).enqueue_call(
+            func=func, args=(arg,), timeout=-1, result_ttl=0, failure_ttl=24 * 3600, description=description,
         )
     except Exception:
         conn.delete(marker)
