@@ -32,9 +32,6 @@ from engine.types import (
 
 logger = logging.getLogger(__name__)
 
-# Client inputs that are per-token float arrays shaped like target_tokens.
-FLOAT_INPUTS = ("weights", "advantages", "logprobs", "clip_low_threshold", "clip_high_threshold")
-
 
 @dataclass
 class RunState:

@@ -7,7 +7,7 @@ Never model instances or tensors.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -142,7 +142,3 @@ class SampleResult:
     # [len(prompt) - 1, k] draws and their (untempered) logprobs, for prompt_alt_tokens_k.
     prompt_alt_tokens: list[list[int]] | None = None
     prompt_alt_logprobs: list[list[float]] | None = None
-
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    return asdict(obj)
