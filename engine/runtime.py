@@ -14,7 +14,18 @@ from pathlib import Path
 from engine.model_host import ModelHost
 from engine.sampling import HFSampler
 from engine.training import TrainingEngine
-from engine.types import AdamSpec, BaseModelSpec, ForwardBackwardResult, ForwardBackwardSpec, LoraSpec, SampleResult, SampleSpec, UserInputError
+from engine.types import (
+    AdamSpec,
+    BaseModelSpec,
+    EngineError,
+    ForwardBackwardResult,
+    ForwardBackwardSpec,
+    LoraSpec,
+    SampleRequest,
+    SampleResult,
+    SampleSpec,
+    UserInputError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +65,21 @@ class Engine:
     def forward_backward(self, specs: list[ForwardBackwardSpec]) -> list[ForwardBackwardResult]:
         return self.training.forward_backward(specs)
 
+    def forward_backward_many(self, specs: list[ForwardBackwardSpec]) -> list[ForwardBackwardResult | EngineError]:
+        """The scheduler's entry point: requests of possibly several runs, one outcome each.
+
+        A request that fails (bad input, unknown run) yields its ``EngineError`` in
+        its slot and never fails the others. Requests of one run are applied in
+        list order (gradients accumulate as if they were sent one by one).
+        """
+        outcomes: list[ForwardBackwardResult | EngineError] = []
+        for spec in specs:
+            try:
+                outcomes.append(self.training.forward_backward([spec])[0])
+            except EngineError as exc:
+                outcomes.append(exc)
+        return outcomes
+
     def optim_step(self, run_id: str, adam: AdamSpec) -> dict[str, float]:
         return self.training.optim_step(run_id, adam)
 
@@ -65,6 +91,20 @@ class Engine:
         return self.training.load(run_id, model_name, directory, with_optimizer)
 
     # Sampling -------------------------------------------------------------
+
+    def sample_many(self, requests: list[SampleRequest]) -> list[SampleResult | EngineError]:
+        """The scheduler's entry point for sampling: one outcome per request, in order.
+
+        A request that fails yields its ``EngineError`` and never fails the others.
+        """
+        outcomes: list[SampleResult | EngineError] = []
+        for req in requests:
+            try:
+                adapter = Path(req.adapter_dir) if req.adapter_dir is not None else None
+                outcomes.append(self.sample(req.model_name, adapter, req.spec))
+            except EngineError as exc:
+                outcomes.append(exc)
+        return outcomes
 
     def sample(self, model_name: str, adapter_dir: Path | None, spec: SampleSpec) -> SampleResult:
         self.host(model_name)

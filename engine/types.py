@@ -123,6 +123,15 @@ class SampleSpec:
 
 
 @dataclass(frozen=True)
+class SampleRequest:
+    """One sampling request as the engine's batch entry point takes it."""
+
+    model_name: str
+    adapter_dir: str | None  # a PEFT adapter directory; None = the plain base model
+    spec: SampleSpec
+
+
+@dataclass(frozen=True)
 class SampledSequence:
     tokens: list[int]
     logprobs: list[float]

@@ -163,3 +163,17 @@ def test_prompt_logprobs_are_finite_where_scored(sampler: HFSampler) -> None:
     result = sampler.sample(None, SampleSpec(prompt=PROMPT, max_tokens=1, prompt_logprobs=True))
     assert result.prompt_logprobs is not None
     assert all(v is not None and math.isfinite(v) and v < 0 for v in result.prompt_logprobs[1:])
+
+
+def test_sample_many_isolates_a_bad_request(tiny_model_dir: Path) -> None:
+    from engine.runtime import Engine
+    from engine.types import BaseModelSpec, SampleRequest, SampleSpec, UserInputError
+
+    engine = Engine([BaseModelSpec("tiny", str(tiny_model_dir), max_model_len=64)])
+    good = SampleRequest("tiny", None, SampleSpec(prompt=[5, 6, 7], max_tokens=4, temperature=0.0))
+    bad = SampleRequest("tiny", None, SampleSpec(prompt=[5, 999999], max_tokens=4, temperature=0.0))
+    outcomes = engine.sample_many([good, bad, good])
+    assert isinstance(outcomes[1], UserInputError)
+    assert not isinstance(outcomes[0], Exception) and not isinstance(outcomes[2], Exception)
+    assert outcomes[0].sequences[0].tokens == outcomes[2].sequences[0].tokens
+    assert len(outcomes[0].sequences[0].tokens) == 4

@@ -133,3 +133,15 @@ def test_bad_input_is_a_user_error_and_changes_nothing(engine: Engine) -> None:
     assert all(p.grad is None for p in state.params)
     for name, value in _weights(engine, "r").items():
         assert torch.equal(value, before[name])
+
+
+def test_forward_backward_many_isolates_a_bad_request(engine: Engine) -> None:
+    engine.create_run("good", MODEL, LoraSpec(rank=4, seed=0))
+    bad = ForwardBackwardSpec("good", [_datum([5, 6], [6, 99999])], "cross_entropy")
+    good = ForwardBackwardSpec("good", DATA, "cross_entropy", forward_only=True)
+    unknown = ForwardBackwardSpec("nope", DATA, "cross_entropy")
+    outcomes = engine.forward_backward_many([bad, good, unknown])
+    assert isinstance(outcomes[0], UserInputError) and "vocabulary" in str(outcomes[0])
+    assert not isinstance(outcomes[1], Exception)
+    assert outcomes[1].metrics["loss:sum"] == pytest.approx(_fb(engine, "good", forward_only=True), abs=1e-6)
+    assert isinstance(outcomes[2], Exception) and not getattr(outcomes[2], "user", True)
