@@ -7,6 +7,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
 
 from sampling_app.models import SamplingSession
 from sessions_app.models import ClientSession, Tenant
@@ -23,6 +25,24 @@ def access_sampling_session(tenant: Tenant, sampler_id: str) -> SamplingSession:
     if sampler is None:
         raise NotFound(f"sampler {sampler_id!r} not found")
     return sampler
+
+
+def checkpoint_still_readable(sampler: SamplingSession) -> bool:
+    """Whether the sampler's tenant may still sample its checkpoint, read afresh.
+
+    Access is granted when the sampler is created, and checked again for every
+    sample request (at admission and at execution): another tenant's sampler
+    stops working as soon as the owner unpublishes or deletes the checkpoint,
+    or it expires. A sampler of the base model always may.
+    """
+    if not sampler.model_path:
+        return True
+    return (
+        Checkpoint.objects.filter(pk=sampler.checkpoint_id)
+        .filter(Q(tenant_id=sampler.tenant_id) | Q(public=True))
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
+        .exists()
+    )
 
 
 def check_create_sampling_session(
@@ -74,6 +94,8 @@ def check_submit_sample(tenant: Tenant, sampler: SamplingSession, seq_id: int, r
         return existing
     if sampler.session.status != ClientSession.Status.ACTIVE:
         raise NotFound(f"sampler {sampler.id!r} belongs to a closed session")
+    if not checkpoint_still_readable(sampler):
+        raise NotFound(f"checkpoint {sampler.model_path} is no longer available (unpublished, deleted or expired)")
     check_token_budget(tenant, "sample", prompt_tokens + max_tokens)
     # Per-tenant back-pressure: 429 makes the SDK wait and resubmit this very
     # request (same seq_id), so nothing is dropped and one tenant's flood cannot

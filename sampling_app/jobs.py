@@ -12,6 +12,7 @@ from tinker import types as T
 from tinker.proto import tinker_public_pb2 as pb
 
 from engine.types import SampleResult, UserInputError
+from sampling_app.actions import checkpoint_still_readable
 from sampling_app.specs import sample_spec_from_request
 from training_app import protocol
 from training_app.checkpoint_paths import absolute
@@ -36,8 +37,11 @@ def _sample(engine: Engine, op: Operation) -> Outcome:
         spec = dataclasses.replace(spec, stop_token_seqs=(spec.stop_token_seqs or []) + [[eos]])
     adapter_dir = None
     if sampler.model_path:
-        if sampler.checkpoint is None:
-            raise UserInputError(f"checkpoint {sampler.model_path} has been deleted")
+        # Checked again here, not only at admission: the owner may have unpublished
+        # or deleted the checkpoint while this request waited in the queue.
+        if sampler.checkpoint is None or not checkpoint_still_readable(sampler):
+            raise UserInputError(
+                f"checkpoint {sampler.model_path} is no longer available (unpublished, deleted or expired)")
         adapter_dir = absolute(sampler.checkpoint.storage_path)
     result = engine.sample(sampler.base_model, adapter_dir, spec)
     blob = protocol.encode_sample_response(result, spec.topk_prompt_logprobs, spec.topk_sample_logprobs)

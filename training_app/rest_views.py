@@ -255,7 +255,8 @@ class ExternalWeightsUrlsView(ManagementView):
         ckpt = access_visible_checkpoint(self.tenant, run_id, checkpoint_id)
         expires = exports.download_expiry()
         urls = {
-            relpath: request.build_absolute_uri(f"/api/v1/downloads/{exports.sign_download(ckpt, relpath)}")
+            relpath: request.build_absolute_uri(
+                f"/api/v1/downloads/{exports.sign_download(ckpt, relpath, self.tenant)}")
             for relpath in exports.checkpoint_files(ckpt)
         }
         return Response({"urls": urls, "expires": expires.isoformat()})
@@ -278,7 +279,8 @@ class CheckpointArchiveView(BinaryAcceptingView):
 
     def get(self, request, run_id: str, checkpoint_id: str):  # type: ignore[no-untyped-def]
         ckpt = access_visible_checkpoint(self.tenant, run_id, checkpoint_id)
-        url = request.build_absolute_uri(f"/api/v1/downloads/{exports.sign_download(ckpt, exports.ARCHIVE)}")
+        token = exports.sign_download(ckpt, exports.ARCHIVE, self.tenant)
+        url = request.build_absolute_uri(f"/api/v1/downloads/{token}")
         response = HttpResponse(status=302)
         response["Location"] = url
         response["Expires"] = http_date(exports.download_expiry().timestamp())

@@ -7,15 +7,22 @@ Everything a deployment changes comes from the environment:
   TUFT_CHECKPOINT_DIR  checkpoint directory (default: $TUFT_HOME/checkpoints)
   DATABASE_URL         e.g. postgres://user@127.0.0.1:5432/tuft (default: SQLite in $TUFT_HOME)
   REDIS_URL            set to dispatch operations to RQ workers instead of the embedded worker
-  TUFT_SECRET_KEY, TUFT_DEBUG, TUFT_ALLOWED_HOSTS
+  TUFT_SECRET_KEY      overrides the key generated into $TUFT_HOME/secret_key
+  TUFT_ENV             "production" refuses weak secret keys (default "development")
+  TUFT_ALLOWED_HOSTS   extra host names (comma-separated) besides loopback and the bound address
+  TUFT_DEBUG
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from tuft_project.secret_key import SecretKeyError, key_is_weak, load_or_create_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 TUFT_HOME = Path(os.environ.get("TUFT_HOME", BASE_DIR / "var")).expanduser().resolve()
@@ -35,9 +42,45 @@ TUFT_FWDBWD_MAX_CHUNK_LEN = int(os.environ.get("TUFT_FWDBWD_MAX_CHUNK_LEN", "256
 TUFT_DOWNLOAD_URL_TTL_S = int(os.environ.get("TUFT_DOWNLOAD_URL_TTL_S", "3600"))
 REDIS_URL = os.environ.get("REDIS_URL", "")
 
-SECRET_KEY = os.environ.get("TUFT_SECRET_KEY", "tuft-dev-insecure-change-me")
+# "production" makes every process (tuft, manage.py, workers) refuse a weak or
+# well-known secret key; `tuft` also treats a non-loopback --host as production.
+TUFT_ENV = os.environ.get("TUFT_ENV", "development")
+if TUFT_ENV not in ("development", "production"):
+    raise ImproperlyConfigured(f"TUFT_ENV must be 'development' or 'production', not {TUFT_ENV!r}")
+try:
+    SECRET_KEY = os.environ.get("TUFT_SECRET_KEY") or load_or_create_secret_key(TUFT_HOME)
+except SecretKeyError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
+if TUFT_ENV == "production" and key_is_weak(SECRET_KEY):
+    raise ImproperlyConfigured(
+        "TUFT_SECRET_KEY is a well-known or weak key (TUFT_ENV=production): unset it to use the key "
+        f"generated in {TUFT_HOME}, or set a random one of at least 32 characters"
+    )
 DEBUG = os.environ.get("TUFT_DEBUG", "0") == "1"
-ALLOWED_HOSTS = os.environ.get("TUFT_ALLOWED_HOSTS", "*").split(",")
+
+
+def _allowed_hosts() -> list[str]:
+    """Host headers we answer: loopback, the address `tuft` binds, and TUFT_ALLOWED_HOSTS.
+
+    Never ``*`` by default: absolute URLs we hand out (download links) are built
+    from the Host header, so an arbitrary one would make them point elsewhere.
+    """
+    hosts = ["localhost", "127.0.0.1", "[::1]"]
+    bind = os.environ.get("TUFT_BIND_HOST", "")  # set by `tuft` (tuft_project.cli)
+    if bind in ("0.0.0.0", "::"):
+        # Every interface: the machine's own names and addresses.
+        try:
+            name, aliases, addresses = socket.gethostbyname_ex(socket.gethostname())
+            hosts += [name, *aliases, *addresses, socket.getfqdn()]
+        except OSError:
+            hosts.append(socket.gethostname())
+    elif bind:
+        hosts.append(f"[{bind}]" if ":" in bind else bind)
+    hosts += [h.strip() for h in os.environ.get("TUFT_ALLOWED_HOSTS", "").split(",") if h.strip()]
+    return list(dict.fromkeys(hosts))
+
+
+ALLOWED_HOSTS = _allowed_hosts()
 
 INSTALLED_APPS = [
     "daphne",
