@@ -6,14 +6,27 @@ import logging
 import threading
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from tuft_project.home_lock import HomeLocked, lock_home
 
 logger = logging.getLogger(__name__)
 
 
 def on_server_start() -> None:
-    """Check models.yaml, recover from the previous process, start housekeeping."""
+    """Check models.yaml, recover from the previous process, start housekeeping.
+
+    Recovery closes the previous process's sessions, so it runs only under the
+    home's serving lock (taken already by ``tuft``; taken here for
+    ``manage.py runserver`` and a bare ``daphne tuft_project.asgi:application``).
+    """
     from training_app.dispatch_registry import get_dispatcher
     from tuft_project.runtime import get_config
+
+    try:
+        lock_home(settings.TUFT_HOME)
+    except HomeLocked as exc:
+        raise ImproperlyConfigured(str(exc)) from None
 
     config = get_config()  # a bad models.yaml fails here, at start-up, with a clear message
     logger.info("serving %d model(s): %s", len(config.models), ", ".join(m.model_name for m in config.models))

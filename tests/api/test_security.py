@@ -17,6 +17,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -25,7 +26,7 @@ from django.core import signing
 from tinker import types
 
 from tests.api.helpers import datum
-from tests.conftest import MODEL_NAME, ROOT, LiveServer, free_port, write_models_yaml
+from tests.conftest import MODEL_NAME, ROOT, LiveServer, free_port, start_server, write_models_yaml
 
 TIMEOUT = 120
 OLD_DEFAULT_KEY = "tuft-dev-insecure-change-me"
@@ -175,3 +176,77 @@ def test_unpublishing_stops_another_tenants_sampler(
     rest.delete_checkpoint_from_tinker_path(path).result(timeout=TIMEOUT)
     with pytest.raises(tinker.NotFoundError):
         mine.sample(prompt, 1, params).result(timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[LiveServer]:
+    """A server of this module's own (its home is shared with a second server below).
+
+    Its models.yaml names no tokenizer_id, so get_info must report the model name.
+    """
+    home = tmp_path_factory.mktemp("sec-home")
+    config = home / "models.yaml"
+    config.write_text(f"supported_models:\n  - model_name: {MODEL_NAME}\n    model_path: {tiny_model_dir}\n"
+                      "    max_model_len: 256\n")
+    srv = start_server(home, config)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_second_server_on_the_same_home_or_port_is_refused_before_touching_sessions(
+    own_server: LiveServer, tmp_path: Path
+) -> None:
+    key = own_server.create_tenant("lock-user")
+    sc = tinker.ServiceClient(base_url=own_server.url, api_key=key)
+    tc = sc.create_lora_training_client(base_model=MODEL_NAME, rank=2).result(timeout=TIMEOUT)
+    _train_step(tc)
+    config = Path(own_server.env["TUFT_MODEL_CONFIG"])
+    port = int(own_server.url.rsplit(":", 1)[1])
+
+    # Same home, another port: refused by the home's lock (it used to close the running
+    # server's sessions in recovery, then serve beside it).
+    same_home = _tuft(own_server.home, config, free_port(), own_server.env)
+    assert same_home.returncode == 1, same_home.stdout + same_home.stderr
+    assert "already serving" in same_home.stderr and "serving" not in same_home.stdout
+    # Another home on the same port and (with DATABASE_URL) the same database: the port is
+    # refused before migrating or recovering anything, and no URL is printed.
+    other_home = _tuft(tmp_path / "other-home", config, port, own_server.env)
+    assert other_home.returncode == 1, other_home.stdout + other_home.stderr
+    assert "cannot listen" in other_home.stderr and "serving" not in other_home.stdout
+
+    # The first server's session, run and adapter are untouched.
+    _train_step(tc)
+    sampler = tc.save_weights_and_get_sampling_client().result(timeout=TIMEOUT)
+    params = types.SamplingParams(max_tokens=2, temperature=0, stop=[])
+    assert len(sampler.sample(types.ModelInput.from_ints([3, 40]), 1, params).result(timeout=TIMEOUT)
+               .sequences[0].tokens) == 2
+
+
+def test_get_info_reports_a_tokenizer_name_not_a_server_path(
+    own_server: LiveServer, server: LiveServer, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = own_server.create_tenant("tokenizer-user")
+    sc = tinker.ServiceClient(base_url=own_server.url, api_key=key)
+    tc = sc.create_lora_training_client(base_model=MODEL_NAME, rank=2).result(timeout=TIMEOUT)
+    info = httpx.post(f"{own_server.url}/api/v1/get_info", json={"model_id": tc.model_id, "type": "get_info"},
+                      headers={"X-API-Key": key}, timeout=30).json()
+    assert info["model_data"]["tokenizer_id"] == MODEL_NAME  # no tokenizer_id in models.yaml
+
+    # models.yaml's tokenizer_id (the shared server's names the local directory, as the quick
+    # start's does) is what the SDK's get_tokenizer() loads: offline on this machine.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    alice = tinker.ServiceClient(base_url=server.url, api_key=server.keys["alice"])
+    tokenizer = alice.create_lora_training_client(base_model=MODEL_NAME, rank=2).result(timeout=TIMEOUT).get_tokenizer()
+    assert tokenizer.decode(tokenizer.encode("hello tokenizer")) == "hello tokenizer"
+
+
+def test_quickstart_models_yaml_names_the_local_tokenizer(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from tuft_project.model_config import load_config
+    from tuft_project.quickstart import ensure_default_model_config
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tiny-qwen3").symlink_to(tiny_model_dir)  # already built: nothing to build
+    spec = load_config(ensure_default_model_config(tmp_path)).models[0]
+    assert spec.tokenizer_id == str(tmp_path / "models" / "tiny-qwen3")
