@@ -38,6 +38,9 @@ class BaseModelSpec:
     tensor_parallel_size: int = 1
     # The largest LoRA rank a run on this model may ask for.
     max_lora_rank: int = 128
+    # What get_info reports for the client's AutoTokenizer.from_pretrained: a hub
+    # name or a directory on the client's machine, never silently a server path.
+    tokenizer_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,7 @@ def write_models_yaml(path: Path, model_dir: Path, max_model_len: int = 256) -> 
         f"    model_path: {model_dir}\n"
         f"    max_model_len: {max_model_len}\n"
         "    tensor_parallel_size: 1\n"
+        f"    tokenizer_id: {model_dir}\n"  # as the quick start's models.yaml: offline get_tokenizer()
     )
     return path
 

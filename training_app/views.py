@@ -55,8 +55,9 @@ class GetInfoView(TenantAPIView):
             "model_data": {
                 "arch": "lora",
                 "model_name": run.base_model,
-                # A local directory: the SDK's get_tokenizer() loads it offline.
-                "tokenizer_id": spec.model_path if spec else run.base_model,
+                # models.yaml's tokenizer_id (default: the model name), never the server's
+                # model directory: that path means nothing on the client's machine.
+                "tokenizer_id": spec.tokenizer_id if spec else run.base_model,
             },
             "optimizer_config": {"type": "adamw"},
             "is_lora": True,

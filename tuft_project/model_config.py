@@ -6,6 +6,7 @@
         max_model_len: 32768
         tensor_parallel_size: 1
         max_lora_rank: 128               # optional
+        tokenizer_id: Qwen/Qwen3-8B      # optional (default model_name): what clients load the tokenizer from
     persistence:                         # optional
       mode: disabled | redis_url
       redis_url: redis://127.0.0.1:6379/0
@@ -56,7 +57,7 @@ class TuftConfig:
     persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
 
 
-_MODEL_KEYS = {"model_name", "model_path", "max_model_len", "tensor_parallel_size", "max_lora_rank"}
+_MODEL_KEYS = {"model_name", "model_path", "max_model_len", "tensor_parallel_size", "max_lora_rank", "tokenizer_id"}
 _PERSISTENCE_KEYS = {"mode", "redis_url", "namespace"}
 
 
@@ -92,6 +93,7 @@ def parse_config(data: Any, base_dir: Path) -> TuftConfig:
                 max_model_len=int(entry["max_model_len"]),
                 tensor_parallel_size=int(entry.get("tensor_parallel_size", 1)),
                 max_lora_rank=int(entry.get("max_lora_rank", 128)),
+                tokenizer_id=str(entry.get("tokenizer_id") or entry["model_name"]),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None

@@ -28,6 +28,8 @@ def ensure_default_model_config(home: Path) -> Path:
         f"    model_path: {model_dir}\n"
         "    max_model_len: 2048\n"
         "    tensor_parallel_size: 1\n"
+        "    # The tokenizer directory on this machine: get_tokenizer() works offline for local clients.\n"
+        f"    tokenizer_id: {model_dir}\n"
     )
     return config
 
