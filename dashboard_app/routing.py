@@ -3,8 +3,9 @@
 The sockets authenticate with the session cookie, which a browser also sends
 when another site opens a socket to us (cross-site WebSocket hijacking), so
 the handshake's Origin must be this server (or one of
-``CSRF_TRUSTED_ORIGINS``, e.g. behind a TLS proxy). Clients that send no
-Origin (not browsers) carry no cookie unless they are given one.
+``CSRF_TRUSTED_ORIGINS``, e.g. behind a TLS proxy). A handshake without an
+Origin is refused too: every browser sends one, and the dashboard's sockets
+have no other clients.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ websocket_urlpatterns = [
 
 
 def origin_allowed(origin: str | None, host: str | None) -> bool:
-    if origin is None:
-        return True
+    if not origin:
+        return False
     if origin in getattr(settings, "CSRF_TRUSTED_ORIGINS", []):
         return True
     return bool(host) and urlsplit(origin).netloc.lower() == (host or "").lower()

@@ -20,7 +20,7 @@ from engine.types import UserInputError
 
 SCHEME = "tinker://"
 KINDS = ("weights", "sampler_weights", "external_weights")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # fullmatch: "$" would accept a trailing newline
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class TinkerPath:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name or ""):
+    if not _NAME.fullmatch(name or ""):
         raise UserInputError(
             f"invalid checkpoint name {name!r}: use 1-200 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )

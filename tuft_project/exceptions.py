@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import pydantic
+from django.core.exceptions import DisallowedHost
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
@@ -87,6 +88,14 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return response
     logger.exception("unhandled error in %s", context.get("view"))
     return Response(error_body("internal server error", "server_error"), status=500)
+
+
+def json_400(request: Any, exception: Exception | None = None) -> JsonResponse:
+    """Django's own 400s, raised before any view runs (e.g. a Host not in ALLOWED_HOSTS)."""
+    if isinstance(exception, DisallowedHost):
+        return JsonResponse(error_body("this server does not answer to that Host header "
+                                       "(see TUFT_ALLOWED_HOSTS)", "disallowed_host"), status=400)
+    return JsonResponse(error_body("bad request", "bad_request"), status=400)
 
 
 def json_404(request: Any, exception: Exception | None = None) -> JsonResponse:

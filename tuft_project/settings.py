@@ -38,6 +38,9 @@ TUFT_MAX_PENDING_SAMPLES = int(os.environ.get("TUFT_MAX_PENDING_SAMPLES", "256")
 # Largest number of data per forward_backward request advertised to the SDK, which
 # splits bigger batches into chunks of at most this many (see sessions_app.views).
 TUFT_FWDBWD_MAX_CHUNK_LEN = int(os.environ.get("TUFT_FWDBWD_MAX_CHUNK_LEN", "256"))
+# Finished operations (futures, with their request and result) are deleted after
+# this many days by housekeeping (training_app.retention); 0 keeps them forever.
+TUFT_OPERATION_RETENTION_DAYS = float(os.environ.get("TUFT_OPERATION_RETENTION_DAYS", "7"))
 # Lifetime of the signed download URLs of external_weights checkpoints.
 TUFT_DOWNLOAD_URL_TTL_S = int(os.environ.get("TUFT_DOWNLOAD_URL_TTL_S", "3600"))
 REDIS_URL = os.environ.get("REDIS_URL", "")
@@ -166,6 +169,8 @@ CHANNEL_LAYERS = (
 # Web side (admin and dashboard). Staff log in through the admin; tenants with an API key.
 LOGIN_URL = "/admin/login/"
 SESSION_COOKIE_HTTPONLY = True
+# No page script reads the CSRF cookie (forms carry the token), so scripts may not.
+CSRF_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 # Behind TLS set TUFT_SECURE_COOKIES=1 (cookies only over https) and, if a proxy
 # changes the host, TUFT_CSRF_TRUSTED_ORIGINS=https://tuft.example.org.

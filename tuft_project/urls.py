@@ -55,5 +55,6 @@ urlpatterns = [
     path("api/v1/", include(api)),
 ]
 
+handler400 = "tuft_project.exceptions.json_400"
 handler404 = "tuft_project.exceptions.json_404"
 handler500 = "tuft_project.exceptions.json_500"
