@@ -11,6 +11,7 @@ from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils.html import format_html
 
+from training_app.checkpoint_deletion import do_delete_checkpoints
 from training_app.models import Checkpoint, Operation, TrainingRun
 
 
@@ -67,6 +68,14 @@ class CheckpointAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # checkpoints are written by save operations
+
+    # Deleting here (one, or the bulk action) removes the files and frees the quota
+    # too: the same domain action as the REST DELETE, never a bare row delete.
+    def delete_model(self, request: HttpRequest, obj: Checkpoint) -> None:
+        do_delete_checkpoints([obj])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Checkpoint]) -> None:
+        do_delete_checkpoints(list(queryset))
 
     @admin.display(description="size", ordering="size_bytes")
     def size(self, obj: Checkpoint) -> str:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import shutil
 
 from django.db import transaction
 from django.utils import timezone
 
 from sessions_app.models import ClientSession
-from training_app.checkpoint_paths import absolute
+from training_app.checkpoint_deletion import do_delete_checkpoints
 from training_app.models import Checkpoint, Operation, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -85,10 +84,7 @@ def fail_unfinished() -> None:
 
 def do_delete_expired_checkpoints() -> int:
     expired = list(Checkpoint.objects.filter(expires_at__lte=timezone.now()))
-    for ckpt in expired:
-        directory = absolute(ckpt.storage_path)
-        ckpt.delete()
-        shutil.rmtree(directory, ignore_errors=True)
+    do_delete_checkpoints(expired)
     if expired:
         logger.info("deleted %d expired checkpoint(s)", len(expired))
     return len(expired)

@@ -18,7 +18,6 @@ import tarfile
 import tempfile
 from typing import Any
 
-from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import FileResponse, HttpResponse
 from django.utils import timezone
@@ -30,6 +29,7 @@ from sessions_app.api import TenantAPIView
 from sessions_app.models import Tenant
 from sessions_app.views import _page
 from training_app import actions, exports
+from training_app.checkpoint_deletion import do_delete_checkpoints
 from training_app.checkpoint_paths import absolute
 from training_app.models import Checkpoint, TrainingRun
 from training_app.recovery import do_delete_expired_checkpoints
@@ -191,18 +191,8 @@ class CheckpointDetailView(ManagementView):
         if ckpt.public:
             # Other tenants may be sampling or training from it.
             raise BadRequest("a published checkpoint cannot be deleted; unpublish it first")
-        do_delete_checkpoint(ckpt)
+        do_delete_checkpoints([ckpt])
         return Response(status=204)
-
-
-def do_delete_checkpoint(ckpt: Checkpoint) -> None:
-    import shutil
-
-    directory = absolute(ckpt.storage_path)
-    with transaction.atomic():
-        ckpt.delete()
-    shutil.rmtree(directory, ignore_errors=True)
-    logger.info("deleted checkpoint %s of tenant %s", ckpt.tinker_path, ckpt.tenant_id)
 
 
 class CheckpointPublishView(ManagementView):
