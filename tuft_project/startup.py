@@ -30,21 +30,24 @@ def on_server_start() -> None:
 
     config = get_config()  # a bad models.yaml fails here, at start-up, with a clear message
     logger.info("serving %d model(s): %s", len(config.models), ", ".join(m.model_name for m in config.models))
+    from training_app.checkpoint_deletion import remove_leftover_trash
     from training_app.recovery import recover_after_restart
 
     recover_after_restart()
+    remove_leftover_trash()
     get_dispatcher()
     threading.Thread(target=_housekeeping, name="tuft-housekeeping", daemon=True).start()
 
 
 def _housekeeping() -> None:
-    """Expire silent sessions and checkpoints past their TTL, once a minute-ish."""
+    """Expire silent sessions, checkpoints past their TTL and old operations, once a minute-ish."""
     import time
 
     from django.db import close_old_connections
 
     from sessions_app.actions import do_expire_silent_sessions
     from training_app.recovery import do_delete_expired_checkpoints
+    from training_app.retention import do_delete_old_operations
 
     interval = min(60.0, max(1.0, settings.TUFT_SESSION_TIMEOUT_S / 4))
     while True:
@@ -53,5 +56,6 @@ def _housekeeping() -> None:
             close_old_connections()
             do_expire_silent_sessions(settings.TUFT_SESSION_TIMEOUT_S)
             do_delete_expired_checkpoints()
+            do_delete_old_operations()
         except Exception:
             logger.exception("housekeeping failed; retrying next round")
