@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     settings.TUFT_HOME.mkdir(parents=True, exist_ok=True)
     call_command("migrate", verbosity=0)
     call_command("collectstatic", interactive=False, verbosity=0)
-    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{port}"
+    shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{f'[{shown_host}]' if ':' in shown_host else shown_host}:{port}"
     print(f"TuFT serving {', '.join(m.model_name for m in config.models)} at {url}", flush=True)
     print(f"  checkpoints: {settings.TUFT_CHECKPOINT_DIR}", flush=True)
     print(f"  admin: {url}/admin/  (create a login with: python manage.py createsuperuser)", flush=True)
