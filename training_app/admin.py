@@ -47,6 +47,15 @@ class TrainingRunAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # runs are created by SDK clients
 
+    # A run's checkpoints would go by cascade as bare rows: delete them (files included) first.
+    def delete_model(self, request: HttpRequest, obj: TrainingRun) -> None:
+        do_delete_checkpoints(list(obj.checkpoints.all()))
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[TrainingRun]) -> None:
+        do_delete_checkpoints(list(Checkpoint.objects.filter(training_run__in=queryset)))
+        super().delete_queryset(request, queryset)
+
     @admin.display(description="state")
     def state(self, obj: TrainingRun) -> str:
         return "released" if obj.released else ("ready" if obj.ready else "starting")

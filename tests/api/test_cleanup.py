@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -95,6 +96,18 @@ def test_deleting_checkpoints_removes_files_and_quota_bytes(server: LiveServer, 
     assert rest.list_user_checkpoints().result(timeout=TIMEOUT).checkpoints == []
     with pytest.raises(tinker.NotFoundError):
         sc.create_training_client_from_state(paths[3]).result(timeout=TIMEOUT)
+
+    # Deleting a whole run in the admin takes its checkpoints' files with it.
+    doomed = sc.create_lora_training_client(base_model=MODEL_NAME, rank=2).result(timeout=TIMEOUT)
+    kept = doomed.save_weights_for_sampler("run-delete").result(timeout=TIMEOUT).path
+    assert _files_of(server, kept)
+    run_url = f"/admin/training_app/trainingrun/{quote(doomed.model_id, safe='')}/delete/"
+    confirm = admin_web.get(run_url)
+    assert confirm.status_code == 200, confirm.text[:500]
+    done = admin_web.post(run_url, data={"csrfmiddlewaretoken": _form_token(confirm.text), "post": "yes"})
+    assert done.status_code == 302, done.text[:500]
+    assert not _files_of(server, kept)
+    assert _checkpoint_bytes(server, "cleanup-owner") == 0
 
 
 def test_retention_deletes_old_finished_operations_but_keeps_replayable_and_unfinished(server: LiveServer) -> None:
