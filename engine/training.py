@@ -17,7 +17,7 @@ import torch
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from engine import checkpoints, losses
+from engine import batching, checkpoints, losses
 from engine.model_host import ModelHost
 from engine.types import (
     AdamSpec,
@@ -56,9 +56,14 @@ def _adapter_name(run_id: str) -> str:
 class TrainingEngine:
     """All training runs of one worker process."""
 
-    def __init__(self, hosts: dict[str, ModelHost]) -> None:
+    def __init__(self, hosts: dict[str, ModelHost],
+                 max_batch_tokens: int = batching.DEFAULT_MAX_BATCH_TOKENS) -> None:
+        if max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
         self.hosts = hosts
         self.runs: dict[str, RunState] = {}
+        # The padded tokens (rows x longest row) of one batched pass.
+        self.max_batch_tokens = max_batch_tokens
 
     # -- lifecycle --------------------------------------------------------
 
@@ -102,8 +107,8 @@ class TrainingEngine:
     def forward_backward(self, specs: list[ForwardBackwardSpec]) -> list[ForwardBackwardResult]:
         """Run a batch of requests, possibly from several runs, in order.
 
-        One entry point for many runs so that cross-run batching can be added
-        here without changing callers; today each request is its own pass.
+        Each request is its own pass and the first failure raises;
+        ``forward_backward_many`` is the batched entry point.
         """
         return [self._forward_backward_one(spec) for spec in specs]
 
@@ -114,26 +119,96 @@ class TrainingEngine:
         batch = _Batch.build(spec.data, host, losses.REQUIRED_INPUTS[spec.loss_fn])
         with host.use(run.adapter) as model, torch.set_grad_enabled(not spec.forward_only):
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            # At least fp32 (bf16 models upcast); an fp64 model stays fp64 (loss tests).
-            logprobs_all = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-            targets = batch.targets
-            if targets.dim() == 2:
-                logprobs = logprobs_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            else:
-                logprobs = logprobs_all.gather(-1, targets)
-            out = loss_fn(losses.LossInputs(logprobs, batch.mask, batch.inputs, spec.loss_fn_config))
+            out, logprobs = _score(spec, batch, logits, loss_fn)
             if not spec.forward_only:
                 out.loss.backward()
-        outputs = []
-        lp = logprobs.detach().cpu()
-        el = out.elementwise.detach().cpu()
-        for i, n in enumerate(batch.lengths):
-            outputs.append({
-                "logprobs": _tensor(lp[i, :n]),
-                "elementwise_loss": _tensor(el[i, :n]),
-            })
-        metrics = {"loss:sum": float(out.loss.detach()), **out.metrics}
-        return ForwardBackwardResult(outputs=outputs, metrics=metrics)
+        return _result(batch, logprobs, out)
+
+    def forward_backward_many(self, specs: list[ForwardBackwardSpec]) -> list[ForwardBackwardResult | EngineError]:
+        """Requests of possibly several runs as few batched passes as the token budget allows.
+
+        One outcome per request, in order; a request that fails (unknown run,
+        bad input, a loss that rejects its inputs) gets its ``EngineError`` and
+        is left out of the pass, so it never fails the others and never touches
+        any gradient. Requests of each base model are split, in order, into
+        passes of at most ``max_batch_tokens`` padded tokens (batching.py);
+        each pass is one forward and at most one backward. Gradients equal
+        those of running the requests one by one (up to float rounding).
+        """
+        outcomes: list[ForwardBackwardResult | EngineError | None] = [None] * len(specs)
+        by_host: dict[int, list[_Prepared]] = {}
+        for index, spec in enumerate(specs):
+            try:
+                item = self._prepare(index, spec)
+            except EngineError as exc:
+                outcomes[index] = exc
+                continue
+            by_host.setdefault(id(item.run.host), []).append(item)
+        for items in by_host.values():
+            shapes = [(len(it.batch.lengths), int(it.batch.input_ids.shape[1])) for it in items]
+            for group in batching.split_by_token_budget(shapes, self.max_batch_tokens):
+                chunk = [items[i] for i in group]
+                for item, outcome in zip(chunk, self._run_pass(chunk)):
+                    outcomes[item.index] = outcome
+        assert all(o is not None for o in outcomes)
+        return outcomes  # type: ignore[return-value]
+
+    def _prepare(self, index: int, spec: ForwardBackwardSpec) -> "_Prepared":
+        """Validate one request before any pass: its run, its loss name and its data."""
+        run = self._run(spec.run_id)
+        loss_fn = losses.get_loss(spec.loss_fn)
+        batch = _Batch.build(spec.data, run.host, losses.REQUIRED_INPUTS[spec.loss_fn])
+        return _Prepared(index, spec, run, batch, loss_fn)
+
+    def _run_pass(self, items: list["_Prepared"]) -> list[ForwardBackwardResult | EngineError]:
+        """One forward (and one backward) over the rows of ``items``, all on one base model.
+
+        Every row goes through its own run's adapter (peft's mixed-adapter
+        batch: ``adapter_names`` per row). Each request's loss is computed on
+        its own rows; the losses of the requests that train are summed and
+        differentiated once, with respect to exactly those runs' parameters, so
+        forward-only rows and failed requests never give anyone a gradient.
+        """
+        host = items[0].run.host
+        training = {it.run.adapter: it.run for it in items if not it.spec.forward_only}
+        rows = batching.concat_rows([(it.batch.input_ids, it.batch.attention_mask, it.run.adapter) for it in items])
+        outcomes: list[ForwardBackwardResult | EngineError] = []
+        with host.lock:
+            model = host.peft
+            assert model is not None  # every run has an adapter on its host
+            # peft refuses adapter_names in training mode; with LoRA dropout 0 and
+            # the base model already in eval mode, eval() changes nothing else.
+            model.eval()
+            # NOTE(batch): set_adapter (host.use) leaves only one adapter trainable;
+            # here every training run's adapter must be, and forward-only runs'
+            # adapters need no autograd graph at all.
+            for it in items:
+                for p in it.run.params:
+                    p.requires_grad_(it.run.adapter in training)
+            with torch.set_grad_enabled(bool(training)):
+                logits = model(input_ids=rows.input_ids, attention_mask=rows.attention_mask,
+                               adapter_names=rows.adapter_names).logits
+                trained: list[_Prepared] = []
+                total: torch.Tensor | None = None
+                scored: list[tuple[losses.LossOutput, torch.Tensor] | EngineError] = []
+                for it, where in zip(items, rows.row_slices):
+                    # This request's rows, cut back to its own padded length.
+                    own_logits = logits[where, : it.batch.input_ids.shape[1]]
+                    try:
+                        out, logprobs = _score(it.spec, it.batch, own_logits, it.loss_fn)
+                    except EngineError as exc:
+                        scored.append(exc)
+                        continue
+                    scored.append((out, logprobs))
+                    if not it.spec.forward_only:
+                        trained.append(it)
+                        total = out.loss if total is None else total + out.loss
+                if total is not None:
+                    params = [p for run in {id(it.run): it.run for it in trained}.values() for p in run.params]
+                    total.backward(inputs=params)
+            for it, score in zip(items, scored):
+                outcomes.append(score if isinstance(score, EngineError) else _result(it.batch, score[1], score[0]))
+        return outcomes
 
     # -- optimizer --------------------------------------------------------
 
@@ -225,6 +300,44 @@ def _shape(lora: LoraSpec) -> tuple[int, bool, bool, bool]:
 
 def _tensor(t: torch.Tensor) -> Tensor:
     return Tensor(data=t.reshape(-1).tolist(), shape=list(t.shape), dtype="float32")
+
+
+def _score(spec: ForwardBackwardSpec, batch: "_Batch", logits: torch.Tensor,
+           loss_fn: losses.LossFn) -> tuple[losses.LossOutput, torch.Tensor]:
+    """The request's loss and target logprobs from its own logits ``[B, T, V]``."""
+    # At least fp32 (bf16 models upcast); an fp64 model stays fp64 (loss tests).
+    logprobs_all = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    targets = batch.targets
+    if targets.dim() == 2:
+        logprobs = logprobs_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    else:
+        logprobs = logprobs_all.gather(-1, targets)
+    out = loss_fn(losses.LossInputs(logprobs, batch.mask, batch.inputs, spec.loss_fn_config))
+    return out, logprobs
+
+
+def _result(batch: "_Batch", logprobs: torch.Tensor, out: losses.LossOutput) -> ForwardBackwardResult:
+    outputs = []
+    lp = logprobs.detach().cpu()
+    el = out.elementwise.detach().cpu()
+    for i, n in enumerate(batch.lengths):
+        outputs.append({
+            "logprobs": _tensor(lp[i, :n]),
+            "elementwise_loss": _tensor(el[i, :n]),
+        })
+    metrics = {"loss:sum": float(out.loss.detach()), **out.metrics}
+    return ForwardBackwardResult(outputs=outputs, metrics=metrics)
+
+
+@dataclass
+class _Prepared:
+    """A validated request waiting for its pass."""
+
+    index: int  # its position in the caller's list
+    spec: ForwardBackwardSpec
+    run: RunState
+    batch: "_Batch"
+    loss_fn: losses.LossFn
 
 
 @dataclass
