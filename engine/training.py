@@ -17,7 +17,7 @@ import torch
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from engine import batching, checkpoints, losses
+from engine import batching, checkpoints, losses, multi_lora
 from engine.model_host import ModelHost
 from engine.types import (
     AdamSpec,
@@ -163,8 +163,8 @@ class TrainingEngine:
     def _run_pass(self, items: list["_Prepared"]) -> list[ForwardBackwardResult | EngineError]:
         """One forward (and one backward) over the rows of ``items``, all on one base model.
 
-        Every row goes through its own run's adapter (peft's mixed-adapter
-        batch: ``adapter_names`` per row). Each request's loss is computed on
+        Every row goes through its own run's adapter (multi_lora.py: all the
+        pass's adapters in two matmuls per layer). Each request's loss is computed on
         its own rows; the losses of the requests that train are summed and
         differentiated once, with respect to exactly those runs' parameters, so
         forward-only rows and failed requests never give anyone a gradient.
@@ -176,8 +176,9 @@ class TrainingEngine:
         with host.lock:
             model = host.peft
             assert model is not None  # every run has an adapter on its host
-            # peft refuses adapter_names in training mode; with LoRA dropout 0 and
-            # the base model already in eval mode, eval() changes nothing else.
+            # peft refuses adapter_names (multi_lora passes them) in training mode;
+            # with LoRA dropout 0 and the base already in eval mode, eval() changes
+            # nothing else.
             model.eval()
             # NOTE(batch): set_adapter (host.use) leaves only one adapter trainable;
             # here every training run's adapter must be, and forward-only runs'
@@ -185,15 +186,21 @@ class TrainingEngine:
             for it in items:
                 for p in it.run.params:
                     p.requires_grad_(it.run.adapter in training)
-            with torch.set_grad_enabled(bool(training)):
+            with torch.set_grad_enabled(bool(training)), \
+                    multi_lora.rows_through_adapters(model, rows.adapter_names) as peft_rows:
                 logits = model(input_ids=rows.input_ids, attention_mask=rows.attention_mask,
-                               adapter_names=rows.adapter_names).logits
+                               adapter_names=peft_rows).logits
                 trained: list[_Prepared] = []
                 total: torch.Tensor | None = None
                 scored: list[tuple[losses.LossOutput, torch.Tensor] | EngineError] = []
-                for it, where in zip(items, rows.row_slices):
-                    # This request's rows, cut back to its own padded length.
-                    own_logits = logits[where, : it.batch.input_ids.shape[1]]
+                # NOTE(batch): split, not index: the backward of a split concatenates the
+                # requests' gradients once, where each slice's backward would fill a
+                # zero tensor the size of all the logits.
+                per_request = logits.split([s.stop - s.start for s in rows.row_slices])
+                for it, own_logits in zip(items, per_request):
+                    length = it.batch.input_ids.shape[1]
+                    if own_logits.shape[1] != length:  # cut back to its own padded length
+                        own_logits = own_logits[:, :length]
                     try:
                         out, logprobs = _score(it.spec, it.batch, own_logits, it.loss_fn)
                     except EngineError as exc:
