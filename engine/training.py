@@ -161,61 +161,41 @@ class TrainingEngine:
         return _Prepared(index, spec, run, batch, loss_fn)
 
     def _run_pass(self, items: list["_Prepared"]) -> list[ForwardBackwardResult | EngineError]:
-        """One forward (and one backward) over the rows of ``items``, all on one base model.
+        """One forward (and at most one backward) over the rows of ``items``, all on one base model.
 
-        Every row goes through its own run's adapter (multi_lora.py: all the
-        pass's adapters in two matmuls per layer). Each request's loss is computed on
-        its own rows; the losses of the requests that train are summed and
-        differentiated once, with respect to exactly those runs' parameters, so
-        forward-only rows and failed requests never give anyone a gradient.
+        Every row goes through its own run's adapter (multi_lora.py). Each
+        request's loss is computed on its own rows; the losses of the requests
+        that train are summed and differentiated once, with respect to exactly
+        those runs' parameters, so forward-only rows and failed requests never
+        give anyone a gradient (not even a zero one, which AdamW would step on).
         """
         host = items[0].run.host
-        training = {it.run.adapter: it.run for it in items if not it.spec.forward_only}
+        training = {it.run.adapter for it in items if not it.spec.forward_only}
         rows = batching.concat_rows([(it.batch.input_ids, it.batch.attention_mask, it.run.adapter) for it in items])
-        outcomes: list[ForwardBackwardResult | EngineError] = []
         with host.lock:
             model = host.peft
             assert model is not None  # every run has an adapter on its host
-            # peft refuses adapter_names (multi_lora passes them) in training mode;
-            # with LoRA dropout 0 and the base already in eval mode, eval() changes
-            # nothing else.
-            model.eval()
             # NOTE(batch): set_adapter (host.use) leaves only one adapter trainable;
             # here every training run's adapter must be, and forward-only runs'
             # adapters need no autograd graph at all.
             for it in items:
                 for p in it.run.params:
                     p.requires_grad_(it.run.adapter in training)
-            with torch.set_grad_enabled(bool(training)), \
-                    multi_lora.rows_through_adapters(model, rows.adapter_names) as peft_rows:
-                logits = model(input_ids=rows.input_ids, attention_mask=rows.attention_mask,
-                               adapter_names=peft_rows).logits
-                trained: list[_Prepared] = []
-                total: torch.Tensor | None = None
-                scored: list[tuple[losses.LossOutput, torch.Tensor] | EngineError] = []
+            with torch.set_grad_enabled(bool(training)):
+                logits = _forward_rows(model, rows)
                 # NOTE(batch): split, not index: the backward of a split concatenates the
                 # requests' gradients once, where each slice's backward would fill a
                 # zero tensor the size of all the logits.
                 per_request = logits.split([s.stop - s.start for s in rows.row_slices])
-                for it, own_logits in zip(items, per_request):
-                    length = it.batch.input_ids.shape[1]
-                    if own_logits.shape[1] != length:  # cut back to its own padded length
-                        own_logits = own_logits[:, :length]
-                    try:
-                        out, logprobs = _score(it.spec, it.batch, own_logits, it.loss_fn)
-                    except EngineError as exc:
-                        scored.append(exc)
-                        continue
-                    scored.append((out, logprobs))
-                    if not it.spec.forward_only:
-                        trained.append(it)
-                        total = out.loss if total is None else total + out.loss
-                if total is not None:
-                    params = [p for run in {id(it.run): it.run for it in trained}.values() for p in run.params]
-                    total.backward(inputs=params)
-            for it, score in zip(items, scored):
-                outcomes.append(score if isinstance(score, EngineError) else _result(it.batch, score[1], score[0]))
-        return outcomes
+                scored = [_score_or_error(it, own_logits) for it, own_logits in zip(items, per_request)]
+                trained = [(it, s) for it, s in zip(items, scored)
+                           if not it.spec.forward_only and not isinstance(s, EngineError)]
+                if trained:
+                    total = torch.stack([s[0].loss for _, s in trained]).sum()  # type: ignore[index]
+                    runs = {id(it.run): it.run for it, _ in trained}
+                    total.backward(inputs=[p for run in runs.values() for p in run.params])
+            return [s if isinstance(s, EngineError) else _result(it.batch, s[1], s[0])
+                    for it, s in zip(items, scored)]
 
     # -- optimizer --------------------------------------------------------
 
@@ -334,6 +314,26 @@ def _result(batch: "_Batch", logprobs: torch.Tensor, out: losses.LossOutput) -> 
         })
     metrics = {"loss:sum": float(out.loss.detach()), **out.metrics}
     return ForwardBackwardResult(outputs=outputs, metrics=metrics)
+
+
+def _forward_rows(model: torch.nn.Module, rows: batching.RowBatch) -> torch.Tensor:
+    """Logits ``[R, T, V]`` of every row through its own adapter (caller holds the host lock)."""
+    # peft refuses adapter_names (multi_lora passes them) in training mode; with
+    # LoRA dropout 0 and the base already in eval mode, eval() changes nothing else.
+    model.eval()
+    with multi_lora.rows_through_adapters(model, rows.adapter_names) as peft_rows:  # type: ignore[arg-type]
+        return model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, adapter_names=peft_rows).logits
+
+
+def _score_or_error(item: "_Prepared", logits: torch.Tensor) -> tuple[losses.LossOutput, torch.Tensor] | EngineError:
+    """The request's loss and logprobs from its rows' logits, or why its loss refused them."""
+    length = item.batch.input_ids.shape[1]
+    if logits.shape[1] != length:  # its rows, cut back to its own padded length
+        logits = logits[:, :length]
+    try:
+        return _score(item.spec, item.batch, logits, item.loss_fn)
+    except EngineError as exc:
+        return exc
 
 
 @dataclass
