@@ -98,4 +98,4 @@ def _add_lora_terms(module: LoraLinear, args: tuple[torch.Tensor, ...], output: 
         # Adapters train in fp32 even on a bf16 base (as peft does: cast in, cast back).
         term = lora_b(lora_a(rows_x.to(lora_a.weight.dtype))) * module.scaling[name]
         pieces.append(base + term.to(output.dtype))
-    return torch.cat(pieces)
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)  # one segment: no copy

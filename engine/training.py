@@ -178,9 +178,10 @@ class TrainingEngine:
             # NOTE(batch): set_adapter (host.use) leaves only one adapter trainable;
             # here every training run's adapter must be, and forward-only runs'
             # adapters need no autograd graph at all.
-            for it in items:
-                for p in it.run.params:
-                    p.requires_grad_(it.run.adapter in training)
+            params = {it.run.adapter: it.run.params for it in items}  # each walk visits the whole model
+            for adapter, adapter_params in params.items():
+                for p in adapter_params:
+                    p.requires_grad_(adapter in training)
             with torch.set_grad_enabled(bool(training)):
                 logits = _forward_rows(model, rows)
                 # NOTE(batch): split, not index: the backward of a split concatenates the
@@ -192,8 +193,8 @@ class TrainingEngine:
                            if not it.spec.forward_only and not isinstance(s, EngineError)]
                 if trained:
                     total = torch.stack([s[0].loss for _, s in trained]).sum()  # type: ignore[index]
-                    runs = {id(it.run): it.run for it, _ in trained}
-                    total.backward(inputs=[p for run in runs.values() for p in run.params])
+                    trained_adapters = {it.run.adapter for it, _ in trained}
+                    total.backward(inputs=[p for adapter in trained_adapters for p in params[adapter]])
             return [s if isinstance(s, EngineError) else _result(it.batch, s[1], s[0])
                     for it, s in zip(items, scored)]
 
@@ -320,7 +321,9 @@ def _forward_rows(model: torch.nn.Module, rows: batching.RowBatch) -> torch.Tens
     """Logits ``[R, T, V]`` of every row through its own adapter (caller holds the host lock)."""
     # peft refuses adapter_names (multi_lora passes them) in training mode; with
     # LoRA dropout 0 and the base already in eval mode, eval() changes nothing else.
-    model.eval()
+    # (eval() walks every module: only when needed.)
+    if model.training:
+        model.eval()
     with multi_lora.rows_through_adapters(model, rows.adapter_names) as peft_rows:  # type: ignore[arg-type]
         return model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, adapter_names=peft_rows).logits
 
