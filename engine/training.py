@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
@@ -317,14 +318,14 @@ def _result(batch: "_Batch", logprobs: torch.Tensor, out: losses.LossOutput) -> 
     return ForwardBackwardResult(outputs=outputs, metrics=metrics)
 
 
-def _forward_rows(model: torch.nn.Module, rows: batching.RowBatch) -> torch.Tensor:
+def _forward_rows(model: PeftModel, rows: batching.RowBatch) -> torch.Tensor:
     """Logits ``[R, T, V]`` of every row through its own adapter (caller holds the host lock)."""
     # peft refuses adapter_names (multi_lora passes them) in training mode; with
     # LoRA dropout 0 and the base already in eval mode, eval() changes nothing else.
     # (eval() walks every module: only when needed.)
     if model.training:
         model.eval()
-    with multi_lora.rows_through_adapters(model, rows.adapter_names) as peft_rows:  # type: ignore[arg-type]
+    with multi_lora.rows_through_adapters(model, rows.adapter_names) as peft_rows:
         return model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, adapter_names=peft_rows).logits
 
 
