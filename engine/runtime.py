@@ -11,6 +11,7 @@ import logging
 import threading
 from pathlib import Path
 
+from engine.batching import DEFAULT_MAX_BATCH_TOKENS
 from engine.model_host import ModelHost
 from engine.sampling import HFSampler
 from engine.training import TrainingEngine
@@ -31,12 +32,14 @@ logger = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, models: list[BaseModelSpec]) -> None:
+    def __init__(self, models: list[BaseModelSpec], max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> None:
+        """``max_batch_tokens``: padded tokens (rows x longest row) of one batched
+        training pass in ``forward_backward_many`` (default 8192, see batching.py)."""
         self.specs = {m.model_name: m for m in models}
         self._hosts: dict[str, ModelHost] = {}
         self._samplers: dict[str, HFSampler] = {}
         self._load_lock = threading.Lock()
-        self.training = TrainingEngine(self._hosts)
+        self.training = TrainingEngine(self._hosts, max_batch_tokens)
 
     def host(self, model_name: str) -> ModelHost:
         """The loaded base model, loading it on first use."""
@@ -69,16 +72,13 @@ class Engine:
         """The scheduler's entry point: requests of possibly several runs, one outcome each.
 
         A request that fails (bad input, unknown run) yields its ``EngineError`` in
-        its slot and never fails the others. Requests of one run are applied in
-        list order (gradients accumulate as if they were sent one by one).
+        its slot and never fails the others. The requests of one base model run as
+        one forward and backward pass over all their rows (split into several
+        passes, in order, above ``max_batch_tokens``), each row through its own
+        run's adapter; results and gradients equal those of sending the requests
+        one by one (gradients of one run's requests accumulate).
         """
-        outcomes: list[ForwardBackwardResult | EngineError] = []
-        for spec in specs:
-            try:
-                outcomes.append(self.training.forward_backward([spec])[0])
-            except EngineError as exc:
-                outcomes.append(exc)
-        return outcomes
+        return self.training.forward_backward_many(specs)
 
     def optim_step(self, run_id: str, adam: AdamSpec) -> dict[str, float]:
         return self.training.optim_step(run_id, adam)

@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from engine import checkpoints, losses
+from engine import batching, checkpoints, losses, multi_lora
 from engine.model_host import ModelHost
 from engine.types import (
     AdamSpec,
@@ -56,9 +57,14 @@ def _adapter_name(run_id: str) -> str:
 class TrainingEngine:
     """All training runs of one worker process."""
 
-    def __init__(self, hosts: dict[str, ModelHost]) -> None:
+    def __init__(self, hosts: dict[str, ModelHost],
+                 max_batch_tokens: int = batching.DEFAULT_MAX_BATCH_TOKENS) -> None:
+        if max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
         self.hosts = hosts
         self.runs: dict[str, RunState] = {}
+        # The padded tokens (rows x longest row) of one batched pass.
+        self.max_batch_tokens = max_batch_tokens
 
     # -- lifecycle --------------------------------------------------------
 
@@ -102,8 +108,8 @@ class TrainingEngine:
     def forward_backward(self, specs: list[ForwardBackwardSpec]) -> list[ForwardBackwardResult]:
         """Run a batch of requests, possibly from several runs, in order.
 
-        One entry point for many runs so that cross-run batching can be added
-        here without changing callers; today each request is its own pass.
+        Each request is its own pass and the first failure raises;
+        ``forward_backward_many`` is the batched entry point.
         """
         return [self._forward_backward_one(spec) for spec in specs]
 
@@ -114,26 +120,84 @@ class TrainingEngine:
         batch = _Batch.build(spec.data, host, losses.REQUIRED_INPUTS[spec.loss_fn])
         with host.use(run.adapter) as model, torch.set_grad_enabled(not spec.forward_only):
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            # At least fp32 (bf16 models upcast); an fp64 model stays fp64 (loss tests).
-            logprobs_all = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-            targets = batch.targets
-            if targets.dim() == 2:
-                logprobs = logprobs_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            else:
-                logprobs = logprobs_all.gather(-1, targets)
-            out = loss_fn(losses.LossInputs(logprobs, batch.mask, batch.inputs, spec.loss_fn_config))
+            out, logprobs = _score(spec, batch, logits, loss_fn)
             if not spec.forward_only:
                 out.loss.backward()
-        outputs = []
-        lp = logprobs.detach().cpu()
-        el = out.elementwise.detach().cpu()
-        for i, n in enumerate(batch.lengths):
-            outputs.append({
-                "logprobs": _tensor(lp[i, :n]),
-                "elementwise_loss": _tensor(el[i, :n]),
-            })
-        metrics = {"loss:sum": float(out.loss.detach()), **out.metrics}
-        return ForwardBackwardResult(outputs=outputs, metrics=metrics)
+        return _result(batch, logprobs, out)
+
+    def forward_backward_many(self, specs: list[ForwardBackwardSpec]) -> list[ForwardBackwardResult | EngineError]:
+        """Requests of possibly several runs as few batched passes as the token budget allows.
+
+        One outcome per request, in order; a request that fails (unknown run,
+        bad input, a loss that rejects its inputs) gets its ``EngineError`` and
+        is left out of the pass, so it never fails the others and never touches
+        any gradient. Requests of each base model are split, in order, into
+        passes of at most ``max_batch_tokens`` padded tokens (batching.py);
+        each pass is one forward and at most one backward. Gradients equal
+        those of running the requests one by one (up to float rounding).
+        """
+        outcomes: list[ForwardBackwardResult | EngineError | None] = [None] * len(specs)
+        by_host: dict[int, list[_Prepared]] = {}
+        for index, spec in enumerate(specs):
+            try:
+                item = self._prepare(index, spec)
+            except EngineError as exc:
+                outcomes[index] = exc
+                continue
+            by_host.setdefault(id(item.run.host), []).append(item)
+        for items in by_host.values():
+            shapes = [(len(it.batch.lengths), int(it.batch.input_ids.shape[1])) for it in items]
+            for group in batching.split_by_token_budget(shapes, self.max_batch_tokens):
+                chunk = [items[i] for i in group]
+                for item, outcome in zip(chunk, self._run_pass(chunk)):
+                    outcomes[item.index] = outcome
+        assert all(o is not None for o in outcomes)
+        return outcomes  # type: ignore[return-value]
+
+    def _prepare(self, index: int, spec: ForwardBackwardSpec) -> "_Prepared":
+        """Validate one request before any pass: its run, its loss name and its data."""
+        run = self._run(spec.run_id)
+        loss_fn = losses.get_loss(spec.loss_fn)
+        batch = _Batch.build(spec.data, run.host, losses.REQUIRED_INPUTS[spec.loss_fn])
+        return _Prepared(index, spec, run, batch, loss_fn)
+
+    def _run_pass(self, items: list["_Prepared"]) -> list[ForwardBackwardResult | EngineError]:
+        """One forward (and at most one backward) over the rows of ``items``, all on one base model.
+
+        Every row goes through its own run's adapter (multi_lora.py). Each
+        request's loss is computed on its own rows; the losses of the requests
+        that train are summed and differentiated once, with respect to exactly
+        those runs' parameters, so forward-only rows and failed requests never
+        give anyone a gradient (not even a zero one, which AdamW would step on).
+        """
+        host = items[0].run.host
+        training = {it.run.adapter for it in items if not it.spec.forward_only}
+        rows = batching.concat_rows([(it.batch.input_ids, it.batch.attention_mask, it.run.adapter) for it in items])
+        with host.lock:
+            model = host.peft
+            assert model is not None  # every run has an adapter on its host
+            # NOTE(batch): set_adapter (host.use) leaves only one adapter trainable;
+            # here every training run's adapter must be, and forward-only runs'
+            # adapters need no autograd graph at all.
+            params = {it.run.adapter: it.run.params for it in items}  # each walk visits the whole model
+            for adapter, adapter_params in params.items():
+                for p in adapter_params:
+                    p.requires_grad_(adapter in training)
+            with torch.set_grad_enabled(bool(training)):
+                logits = _forward_rows(model, rows)
+                # NOTE(batch): split, not index: the backward of a split concatenates the
+                # requests' gradients once, where each slice's backward would fill a
+                # zero tensor the size of all the logits.
+                per_request = logits.split([s.stop - s.start for s in rows.row_slices])
+                scored = [_score_or_error(it, own_logits) for it, own_logits in zip(items, per_request)]
+                trained = [(it, s) for it, s in zip(items, scored)
+                           if not it.spec.forward_only and not isinstance(s, EngineError)]
+                if trained:
+                    total = torch.stack([s[0].loss for _, s in trained]).sum()  # type: ignore[index]
+                    trained_adapters = {it.run.adapter for it, _ in trained}
+                    total.backward(inputs=[p for adapter in trained_adapters for p in params[adapter]])
+            return [s if isinstance(s, EngineError) else _result(it.batch, s[1], s[0])
+                    for it, s in zip(items, scored)]
 
     # -- optimizer --------------------------------------------------------
 
@@ -225,6 +289,66 @@ def _shape(lora: LoraSpec) -> tuple[int, bool, bool, bool]:
 
 def _tensor(t: torch.Tensor) -> Tensor:
     return Tensor(data=t.reshape(-1).tolist(), shape=list(t.shape), dtype="float32")
+
+
+def _score(spec: ForwardBackwardSpec, batch: "_Batch", logits: torch.Tensor,
+           loss_fn: losses.LossFn) -> tuple[losses.LossOutput, torch.Tensor]:
+    """The request's loss and target logprobs from its own logits ``[B, T, V]``."""
+    # At least fp32 (bf16 models upcast); an fp64 model stays fp64 (loss tests).
+    logprobs_all = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    targets = batch.targets
+    if targets.dim() == 2:
+        logprobs = logprobs_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    else:
+        logprobs = logprobs_all.gather(-1, targets)
+    out = loss_fn(losses.LossInputs(logprobs, batch.mask, batch.inputs, spec.loss_fn_config))
+    return out, logprobs
+
+
+def _result(batch: "_Batch", logprobs: torch.Tensor, out: losses.LossOutput) -> ForwardBackwardResult:
+    outputs = []
+    lp = logprobs.detach().cpu()
+    el = out.elementwise.detach().cpu()
+    for i, n in enumerate(batch.lengths):
+        outputs.append({
+            "logprobs": _tensor(lp[i, :n]),
+            "elementwise_loss": _tensor(el[i, :n]),
+        })
+    metrics = {"loss:sum": float(out.loss.detach()), **out.metrics}
+    return ForwardBackwardResult(outputs=outputs, metrics=metrics)
+
+
+def _forward_rows(model: PeftModel, rows: batching.RowBatch) -> torch.Tensor:
+    """Logits ``[R, T, V]`` of every row through its own adapter (caller holds the host lock)."""
+    # peft refuses adapter_names (multi_lora passes them) in training mode; with
+    # LoRA dropout 0 and the base already in eval mode, eval() changes nothing else.
+    # (eval() walks every module: only when needed.)
+    if model.training:
+        model.eval()
+    with multi_lora.rows_through_adapters(model, rows.adapter_names) as peft_rows:
+        return model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, adapter_names=peft_rows).logits
+
+
+def _score_or_error(item: "_Prepared", logits: torch.Tensor) -> tuple[losses.LossOutput, torch.Tensor] | EngineError:
+    """The request's loss and logprobs from its rows' logits, or why its loss refused them."""
+    length = item.batch.input_ids.shape[1]
+    if logits.shape[1] != length:  # its rows, cut back to its own padded length
+        logits = logits[:, :length]
+    try:
+        return _score(item.spec, item.batch, logits, item.loss_fn)
+    except EngineError as exc:
+        return exc
+
+
+@dataclass
+class _Prepared:
+    """A validated request waiting for its pass."""
+
+    index: int  # its position in the caller's list
+    spec: ForwardBackwardSpec
+    run: RunState
+    batch: "_Batch"
+    loss_fn: losses.LossFn
 
 
 @dataclass
