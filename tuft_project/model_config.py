@@ -55,6 +55,16 @@ class TuftConfig:
     models: list[BaseModelSpec]
     persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
 
+    def find_model(self, name_or_path: str) -> BaseModelSpec | None:
+        """The base model configured under this name, or at this path (clients may use either)."""
+        for spec in self.models:
+            if name_or_path == spec.model_name:
+                return spec
+        for spec in self.models:
+            if name_or_path and Path(name_or_path).expanduser() == Path(spec.model_path):
+                return spec
+        return None
+
 
 _MODEL_KEYS = {"model_name", "model_path", "max_model_len", "tensor_parallel_size", "max_lora_rank"}
 _PERSISTENCE_KEYS = {"mode", "redis_url", "namespace"}

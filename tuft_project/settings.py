@@ -34,6 +34,8 @@ TUFT_FWDBWD_MAX_CHUNK_LEN = int(os.environ.get("TUFT_FWDBWD_MAX_CHUNK_LEN", "256
 # Lifetime of the signed download URLs of external_weights checkpoints.
 TUFT_DOWNLOAD_URL_TTL_S = int(os.environ.get("TUFT_DOWNLOAD_URL_TTL_S", "3600"))
 REDIS_URL = os.environ.get("REDIS_URL", "")
+# Longest an OpenAI-compatible request (/oai/api/v1) waits for its samples before answering 504.
+TUFT_OAI_TIMEOUT_S = float(os.environ.get("TUFT_OAI_TIMEOUT_S", "600"))
 
 SECRET_KEY = os.environ.get("TUFT_SECRET_KEY", "tuft-dev-insecure-change-me")
 DEBUG = os.environ.get("TUFT_DEBUG", "0") == "1"
@@ -52,6 +54,7 @@ INSTALLED_APPS = [
     "sessions_app",
     "training_app",
     "sampling_app",
+    "openai_app",
     "channels",
     "dashboard_app",
 ]

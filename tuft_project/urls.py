@@ -53,6 +53,7 @@ urlpatterns = [
     path("dashboard/", include("dashboard_app.urls")),
     path("", RedirectView.as_view(pattern_name="dashboard:overview", permanent=False)),
     path("api/v1/", include(api)),
+    path("oai/api/v1/", include("openai_app.urls")),  # OpenAI-compatible (docs/openai.md)
 ]
 
 handler404 = "tuft_project.exceptions.json_404"
