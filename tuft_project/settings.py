@@ -36,6 +36,10 @@ TUFT_DOWNLOAD_URL_TTL_S = int(os.environ.get("TUFT_DOWNLOAD_URL_TTL_S", "3600"))
 REDIS_URL = os.environ.get("REDIS_URL", "")
 # Longest an OpenAI-compatible request (/oai/api/v1) waits for its samples before answering 504.
 TUFT_OAI_TIMEOUT_S = float(os.environ.get("TUFT_OAI_TIMEOUT_S", "600"))
+# Who may read /metrics besides staff (monitoring_app.views): a scraper with this bearer
+# token, and loopback clients unless TUFT_METRICS_LOOPBACK=0 (behind a local reverse proxy).
+TUFT_METRICS_TOKEN = os.environ.get("TUFT_METRICS_TOKEN", "")
+TUFT_METRICS_LOOPBACK = os.environ.get("TUFT_METRICS_LOOPBACK", "1") == "1"
 
 SECRET_KEY = os.environ.get("TUFT_SECRET_KEY", "tuft-dev-insecure-change-me")
 DEBUG = os.environ.get("TUFT_DEBUG", "0") == "1"
@@ -55,11 +59,13 @@ INSTALLED_APPS = [
     "training_app",
     "sampling_app",
     "openai_app",
+    "monitoring_app",
     "channels",
     "dashboard_app",
 ]
 
 MIDDLEWARE = [
+    "monitoring_app.middleware.RequestMetricsMiddleware",  # first: counts and times every answer
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -166,8 +172,14 @@ RQ_QUEUES: dict[str, dict[str, object]] = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Every line names the request (HTTP X-Request-ID or the operation's request id) and the tenant.
+    "filters": {"context": {"()": "monitoring_app.log_context.LogContextFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s tenant=%(tenant)s]: %(message)s"},
+        "json": {"()": "monitoring_app.log_context.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["context"],
+                             "formatter": "json" if os.environ.get("TUFT_LOG_FORMAT") == "json" else "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("TUFT_LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},
 }

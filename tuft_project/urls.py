@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from monitoring_app import views as monitoring
 from sampling_app import views as sampling
 from sessions_app import views as sessions
 from training_app import future_views, rest_views, views as training
@@ -11,7 +12,7 @@ from training_app import future_views, rest_views, views as training
 C = "training_runs/<str:run_id>/checkpoints/<path:checkpoint_id>"
 
 api = [
-    path("healthz", sessions.HealthView.as_view()),
+    path("healthz", monitoring.healthz_view),
     path("client/config", sessions.ClientConfigView.as_view()),
     path("client/dynamic_config", sessions.DynamicConfigView.as_view()),
     path("create_session", sessions.CreateSessionView.as_view()),
@@ -53,7 +54,8 @@ urlpatterns = [
     path("dashboard/", include("dashboard_app.urls")),
     path("", RedirectView.as_view(pattern_name="dashboard:overview", permanent=False)),
     path("api/v1/", include(api)),
-    path("oai/api/v1/", include("openai_app.urls")),  # OpenAI-compatible (docs/openai.md)
+    path("oai/api/v1/", include("openai_app.urls")),
+    path("metrics", monitoring.metrics_view),  # Prometheus; who may read it: monitoring_app.views  # OpenAI-compatible (docs/openai.md)
 ]
 
 handler404 = "tuft_project.exceptions.json_404"
