@@ -41,6 +41,9 @@ class LogContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
         record.tenant = tenant_var.get()
+        # For the plain format: " [req-… tenant=…]", or nothing outside a request or operation.
+        known = record.request_id != "-" or record.tenant != "-"
+        record.context = f" [{record.request_id} tenant={record.tenant}]" if known else ""
         return True
 
 

@@ -175,7 +175,7 @@ LOGGING = {
     # Every line names the request (HTTP X-Request-ID or the operation's request id) and the tenant.
     "filters": {"context": {"()": "monitoring_app.log_context.LogContextFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s tenant=%(tenant)s]: %(message)s"},
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s"},
         "json": {"()": "monitoring_app.log_context.JsonFormatter"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["context"],
