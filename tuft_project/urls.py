@@ -6,7 +6,7 @@ from django.views.generic import RedirectView
 
 from monitoring_app import views as monitoring
 from sampling_app import views as sampling
-from sessions_app import views as sessions
+from sessions_app import billing_views as billing, views as sessions
 from training_app import future_views, rest_views, views as training
 
 C = "training_runs/<str:run_id>/checkpoints/<path:checkpoint_id>"
@@ -45,6 +45,8 @@ api = [
     path("create_sampling_session", sampling.CreateSamplingSessionView.as_view()),
     path("samplers/<str:sampler_id>", sampling.SamplerDetailView.as_view()),
     path("asample", sampling.SampleView.as_view()),
+    path("billing/usage/events", billing.BillingUsageEventsView.as_view()),
+    path("billing/usage/checkpoints/current", billing.CheckpointStorageView.as_view()),
 ]
 
 urlpatterns = [
