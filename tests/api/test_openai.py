@@ -150,3 +150,22 @@ def test_x_api_key_header_and_model_by_path(server: LiveServer, tiny_model_dir) 
                    json={"model": str(tiny_model_dir), "prompt": "hello", "max_tokens": 3, "temperature": 0})
     assert r.status_code == 200, r.text
     assert r.json()["model"] == str(tiny_model_dir) and len(r.json()["choices"]) == 1
+
+
+QUOTA_SETUP = """
+from sessions_app.actions import do_create_api_key, do_create_tenant
+from sessions_app.models import Quota
+tenant = do_create_tenant("oai-quota")
+Quota.objects.create(tenant=tenant, max_sampling_sessions=1, sample_tokens_per_day=40)
+print("KEY=" + do_create_api_key(tenant)[1])
+"""
+
+
+def test_quotas_apply_and_each_request_frees_its_sampling_session(server: LiveServer) -> None:
+    key = server.manage("shell", "-c", QUOTA_SETUP).split("KEY=", 1)[1].strip()
+    client = openai.OpenAI(base_url=f"{server.url}/oai/api/v1", api_key=key, timeout=TIMEOUT, max_retries=0)
+    # One sampling session allowed: sequential requests each open and close their own.
+    for _ in range(2):
+        assert client.completions.create(model=MODEL_NAME, prompt=[5, 17], max_tokens=2, temperature=0).choices
+    with pytest.raises(openai.PermissionDeniedError, match="token budget"):
+        client.completions.create(model=MODEL_NAME, prompt=[5, 17], max_tokens=50)
