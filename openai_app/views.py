@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -100,8 +100,8 @@ def _model_entries(tenant: Tenant) -> list[dict[str, Any]]:
 @csrf_exempt
 @openai_errors
 async def completions(request: HttpRequest) -> HttpResponse:
-    body = CompletionRequest.model_validate(_json_body(request))
     tenant = await authenticate(request)
+    body = CompletionRequest.model_validate(_json_body(request))
     if body.echo:
         raise OpenAIError("echo is not supported", 400, "unsupported_parameter")
     with_logprobs = body.logprobs is not None
@@ -114,8 +114,8 @@ async def completions(request: HttpRequest) -> HttpResponse:
 @csrf_exempt
 @openai_errors
 async def chat_completions(request: HttpRequest) -> HttpResponse:
-    body = ChatCompletionRequest.model_validate(_json_body(request))
     tenant = await authenticate(request)
+    body = ChatCompletionRequest.model_validate(_json_body(request))
     if body.tools:
         raise OpenAIError("tools are not supported", 400, "unsupported_parameter")
     topk = (body.top_logprobs or 0) if body.logprobs else 0
@@ -140,7 +140,10 @@ def _render_chat(codec: TextCodec, body: Any) -> list[list[int]]:
     return [codec.render_chat(messages)]
 
 
-async def _sample(tenant: Tenant, body: SamplingFields, to_prompts: Any,
+PromptBuilder = Callable[[TextCodec, Any], list[list[int]]]
+
+
+async def _sample(tenant: Tenant, body: SamplingFields, to_prompts: PromptBuilder,
                   topk: int) -> tuple[TextCodec, responses.Answer]:
     """Submit the request through the sampling path, wait for it and decode the answer."""
 
