@@ -169,3 +169,16 @@ def test_quotas_apply_and_each_request_frees_its_sampling_session(server: LiveSe
         assert client.completions.create(model=MODEL_NAME, prompt=[5, 17], max_tokens=2, temperature=0).choices
     with pytest.raises(openai.PermissionDeniedError, match="token budget"):
         client.completions.create(model=MODEL_NAME, prompt=[5, 17], max_tokens=50)
+
+
+def test_published_checkpoints_are_listed_and_usable_by_other_tenants(server: LiveServer, bob: openai.OpenAI) -> None:
+    service = tinker.ServiceClient(base_url=server.url, api_key=server.keys["alice"])
+    training = service.create_lora_training_client(base_model=MODEL_NAME, rank=2).result(timeout=TIMEOUT)
+    path = training.save_weights_for_sampler("oai-published").result(timeout=TIMEOUT).path
+    assert path not in [m.id for m in bob.models.list()]
+    tinker.RestClient(base_url=server.url, api_key=server.keys["alice"]).publish_checkpoint_from_tinker_path(
+        path).result(timeout=TIMEOUT)
+    listed = {m.id: m for m in bob.models.list()}
+    assert listed[path].owned_by == "published"
+    reply = bob.chat.completions.create(model=path, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert reply.choices[0].message.role == "assistant"
