@@ -2,8 +2,8 @@
 
 HTTP requests get their id from ``X-Request-ID`` (or a new one) in
 ``RequestMetricsMiddleware``; a worker executing an operation uses the
-operation's request id. ``LogContextFilter`` copies both onto each record, so
-the formatter can print them (``TUFT_LOG_FORMAT=json`` prints JSON lines).
+operation's request id. The formatters here print both (``TUFT_LOG_FORMAT=json``
+prints JSON lines).
 """
 
 from __future__ import annotations
@@ -37,23 +37,31 @@ def bind_tenant(tenant: object) -> None:
     tenant_var.set(str(tenant))
 
 
-class LogContextFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
-        record.tenant = tenant_var.get()
-        # For the plain format: " [req-… tenant=…]", or nothing outside a request or operation.
-        known = record.request_id != "-" or record.tenant != "-"
-        record.context = f" [{record.request_id} tenant={record.tenant}]" if known else ""
-        return True
+def _annotate(record: logging.LogRecord) -> None:
+    # Formatting happens in the emitting thread, inside the context the line was logged in.
+    request_id, tenant = request_id_var.get(), tenant_var.get()
+    known = request_id != "-" or tenant != "-"
+    record.__dict__.update(request_id=request_id, tenant=tenant,
+                           context=f" [{request_id} tenant={tenant}]" if known else "")
+
+
+class ContextFormatter(logging.Formatter):
+    """A plain formatter that also knows ``%(context)s``: `` [req-… tenant=…]``, or nothing
+    outside a request or operation (and ``%(request_id)s``, ``%(tenant)s``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        _annotate(record)
+        return super().format(record)
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, request_id, tenant, message (and exception)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        _annotate(record)
         entry = {
             "time": self.formatTime(record), "level": record.levelname, "logger": record.name,
-            "request_id": getattr(record, "request_id", "-"), "tenant": getattr(record, "tenant", "-"),
+            "request_id": record.__dict__["request_id"], "tenant": record.__dict__["tenant"],
             "message": record.getMessage(),
         }
         if record.exc_info:

@@ -173,12 +173,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     # Every line names the request (HTTP X-Request-ID or the operation's request id) and the tenant.
-    "filters": {"context": {"()": "monitoring_app.log_context.LogContextFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s"},
+        "plain": {"()": "monitoring_app.log_context.ContextFormatter",
+                  "fmt": "%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s"},
         "json": {"()": "monitoring_app.log_context.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["context"],
+    "handlers": {"console": {"class": "logging.StreamHandler",
                              "formatter": "json" if os.environ.get("TUFT_LOG_FORMAT") == "json" else "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("TUFT_LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},
