@@ -9,7 +9,7 @@ from sampling_app import actions
 from sampling_app.specs import check_fits_model, sample_spec_from_request
 from sessions_app.actions import access_active_session
 from sessions_app.api import TenantAPIView
-from training_app.views import model_names
+from training_app.views import canonical_model_name, model_names
 from tuft_project.exceptions import BadRequest
 
 
@@ -18,7 +18,8 @@ class CreateSamplingSessionView(TenantAPIView):
         body = self.parse(T.CreateSamplingSessionRequest)
         session = access_active_session(self.tenant, body.session_id)
         sampler = actions.check_create_sampling_session(
-            self.tenant, session, body.sampling_session_seq_id, body.base_model, body.model_path, model_names()
+            self.tenant, session, body.sampling_session_seq_id,
+            canonical_model_name(body.base_model) if body.base_model else None, body.model_path, model_names()
         )
         return Response({"sampling_session_id": sampler.id, "type": "create_sampling_session"})
 

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-. .venv/bin/activate
+. "${TUFT_VENV:-.venv}/bin/activate"
 exec tuft --port "${PORT:-8080}" "$@"

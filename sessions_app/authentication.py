@@ -8,6 +8,7 @@ from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
+from monitoring_app.log_context import bind_tenant
 from sessions_app.models import ApiKey, Tenant, hash_key
 
 HEADER = "HTTP_X_API_KEY"
@@ -23,6 +24,7 @@ def tenant_for_key(raw_key: str | None) -> tuple[Tenant, ApiKey] | None:
     # Bound the write rate: record use at most once a minute per key.
     if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    bind_tenant(key.tenant.name)  # the rest of this request's log lines name the tenant
     return key.tenant, key
 
 

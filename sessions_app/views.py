@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from tinker import types as T
 
@@ -40,14 +39,6 @@ class ClientConfigView(TenantAPIView):
 class DynamicConfigView(TenantAPIView):
     def post(self, request):  # type: ignore[no-untyped-def]
         return Response({"refresh_interval_sec": 300, "sample_cancel_enabled": False})
-
-
-class HealthView(TenantAPIView):
-    permission_classes = [AllowAny]
-    authentication_classes: list = []
-
-    def get(self, request):  # type: ignore[no-untyped-def]
-        return Response({"status": "ok"})
 
 
 class CapabilitiesView(TenantAPIView):

@@ -19,6 +19,7 @@ from django.utils import timezone
 from tinker import types as T
 
 from engine.types import AdamSpec, EngineError, ForwardBackwardSpec, LoraSpec, UserInputError
+from monitoring_app.log_context import bind_tenant, log_context
 from training_app import protocol
 from training_app.checkpoint_paths import TinkerPath, absolute, check_name, storage_relpath
 from training_app.futures import completion_hub
@@ -107,12 +108,17 @@ class EngineExecutor:
             return self._engine
 
     def execute(self, request_id: str) -> None:
+        with log_context(request_id=request_id):  # every log line of this operation names it
+            self._execute(request_id)
+
+    def _execute(self, request_id: str) -> None:
         close_old_connections()
         try:
             op = Operation.objects.select_related("training_run", "sampling_session", "tenant").get(pk=request_id)
         except Operation.DoesNotExist:
             logger.error("operation %s vanished before it ran", request_id)
             return
+        bind_tenant(op.tenant.name)
         if op.is_done:  # failed at submission: only its place in the order remains
             _advance_run(op)
             _count_refused(op)

@@ -36,9 +36,16 @@ def model_names() -> set[str]:
     return {m.model_name for m in get_config().models}
 
 
+def canonical_model_name(name_or_path: str) -> str:
+    """The configured name of the base model asked for by its name or its model_path (else unchanged)."""
+    spec = get_config().find_model(name_or_path)
+    return spec.model_name if spec is not None else name_or_path
+
+
 class CreateModelView(TenantAPIView):
     def post(self, request):  # type: ignore[no-untyped-def]
         body = self.parse(T.CreateModelRequest)
+        body = body.model_copy(update={"base_model": canonical_model_name(body.base_model)})
         session = access_active_session(self.tenant, body.session_id)
         op = actions.check_create_model(self.tenant, session, body, model_names())
         return future_response(op)

@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tuft",
         description="Serve the Tinker fine-tuning API (LoRA training and sampling) for many tenants.",
     )
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--host", default=os.environ.get("TUFT_HOST", "127.0.0.1"),
+                   help="interface to bind (default $TUFT_HOST or 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     p.add_argument("--checkpoint-dir", help="where checkpoints are written (default $TUFT_HOME/checkpoints)")
     p.add_argument(

@@ -17,6 +17,7 @@ Unknown keys are errors: configuration that silently does nothing is dangerous.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,24 @@ class PersistenceConfig:
 class TuftConfig:
     models: list[BaseModelSpec]
     persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The models.yaml content that parses back to this config."""
+        return {
+            # Every BaseModelSpec field is a models.yaml key of the same name.
+            "supported_models": [dataclasses.asdict(m) for m in self.models],
+            "persistence": self.persistence.as_dict(),
+        }
+
+    def find_model(self, name_or_path: str) -> BaseModelSpec | None:
+        """The base model configured under this name, or at this path (clients may use either)."""
+        for spec in self.models:
+            if name_or_path == spec.model_name:
+                return spec
+        for spec in self.models:
+            if name_or_path and Path(name_or_path).expanduser() == Path(spec.model_path):
+                return spec
+        return None
 
 
 _MODEL_KEYS = {"model_name", "model_path", "max_model_len", "tensor_parallel_size", "max_lora_rank", "tokenizer_id"}

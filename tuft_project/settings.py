@@ -44,6 +44,12 @@ TUFT_OPERATION_RETENTION_DAYS = float(os.environ.get("TUFT_OPERATION_RETENTION_D
 # Lifetime of the signed download URLs of external_weights checkpoints.
 TUFT_DOWNLOAD_URL_TTL_S = int(os.environ.get("TUFT_DOWNLOAD_URL_TTL_S", "3600"))
 REDIS_URL = os.environ.get("REDIS_URL", "")
+# Longest an OpenAI-compatible request (/oai/api/v1) waits for its samples before answering 504.
+TUFT_OAI_TIMEOUT_S = float(os.environ.get("TUFT_OAI_TIMEOUT_S", "600"))
+# Who may read /metrics besides staff (monitoring_app.views): a scraper with this bearer
+# token, and loopback clients unless TUFT_METRICS_LOOPBACK=0 (behind a local reverse proxy).
+TUFT_METRICS_TOKEN = os.environ.get("TUFT_METRICS_TOKEN", "")
+TUFT_METRICS_LOOPBACK = os.environ.get("TUFT_METRICS_LOOPBACK", "1") == "1"
 
 # "production" makes every process (tuft, manage.py, workers) refuse a weak or
 # well-known secret key; `tuft` also treats a non-loopback --host as production.
@@ -98,11 +104,14 @@ INSTALLED_APPS = [
     "sessions_app",
     "training_app",
     "sampling_app",
+    "openai_app",
+    "monitoring_app",
     "channels",
     "dashboard_app",
 ]
 
 MIDDLEWARE = [
+    "monitoring_app.middleware.RequestMetricsMiddleware",  # first: counts and times every answer
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -211,8 +220,14 @@ RQ_QUEUES: dict[str, dict[str, object]] = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Every line names the request (HTTP X-Request-ID or the operation's request id) and the tenant.
+    "formatters": {
+        "plain": {"()": "monitoring_app.log_context.ContextFormatter",
+                  "fmt": "%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s"},
+        "json": {"()": "monitoring_app.log_context.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler",
+                             "formatter": "json" if os.environ.get("TUFT_LOG_FORMAT") == "json" else "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("TUFT_LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},
 }

@@ -4,14 +4,15 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from monitoring_app import views as monitoring
 from sampling_app import views as sampling
-from sessions_app import views as sessions
+from sessions_app import billing_views as billing, views as sessions
 from training_app import future_views, rest_views, views as training
 
 C = "training_runs/<str:run_id>/checkpoints/<path:checkpoint_id>"
 
 api = [
-    path("healthz", sessions.HealthView.as_view()),
+    path("healthz", monitoring.healthz_view),
     path("client/config", sessions.ClientConfigView.as_view()),
     path("client/dynamic_config", sessions.DynamicConfigView.as_view()),
     path("create_session", sessions.CreateSessionView.as_view()),
@@ -44,6 +45,8 @@ api = [
     path("create_sampling_session", sampling.CreateSamplingSessionView.as_view()),
     path("samplers/<str:sampler_id>", sampling.SamplerDetailView.as_view()),
     path("asample", sampling.SampleView.as_view()),
+    path("billing/usage/events", billing.BillingUsageEventsView.as_view()),
+    path("billing/usage/checkpoints/current", billing.CheckpointStorageView.as_view()),
 ]
 
 urlpatterns = [
@@ -53,6 +56,8 @@ urlpatterns = [
     path("dashboard/", include("dashboard_app.urls")),
     path("", RedirectView.as_view(pattern_name="dashboard:overview", permanent=False)),
     path("api/v1/", include(api)),
+    path("oai/api/v1/", include("openai_app.urls")),
+    path("metrics", monitoring.metrics_view),  # Prometheus; who may read it: monitoring_app.views  # OpenAI-compatible (docs/openai.md)
 ]
 
 handler400 = "tuft_project.exceptions.json_400"

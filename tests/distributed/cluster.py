@@ -155,7 +155,9 @@ class Cluster:
             if self.api.poll() is not None:
                 raise RuntimeError(f"API exited with {self.api.returncode}:\n{self.log('api')}")
             try:
-                if httpx.get(f"{self.url}/api/v1/healthz", timeout=2).status_code == 200:
+                # Up, even if no worker is alive yet (healthz then answers 503 naming only "workers").
+                health = httpx.get(f"{self.url}/api/v1/healthz", timeout=10)
+                if health.status_code == 200 or health.json().get("failing") == ["workers"]:
                     return
             except httpx.HTTPError:
                 pass

@@ -11,12 +11,14 @@ The first SIGTERM/SIGINT lets the current job finish, then the worker exits.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 
 import redis
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
+from prometheus_client import start_http_server
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +30,11 @@ class Command(BaseCommand):
         parser.add_argument("--name", help="worker name (default: hostname-pid); must be unique among live workers")
         parser.add_argument("--burst", action="store_true", help="exit once the queues are empty")
         parser.add_argument("--log-level", default="INFO")
+        parser.add_argument(
+            "--metrics-port", type=int, default=int(os.environ.get("TUFT_METRICS_PORT", "0")),
+            help="serve this worker's Prometheus metrics (operations, tokens, queue wait) on this port "
+                 "(default $TUFT_METRICS_PORT; 0 = off)",
+        )
 
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
         from training_app.queues import get_backend
@@ -39,6 +46,10 @@ class Command(BaseCommand):
                 "in models.yaml"
             )
         runtime = current_runtime(options["name"] or default_worker_name())
+        if options["metrics_port"]:
+            # Operations are counted where they finish: here, not in the API server.
+            start_http_server(options["metrics_port"])
+            logger.info("worker %s: metrics on port %d", runtime.name, options["metrics_port"])
         _wait_for_name(runtime)
         # Like django-rq's rqworker: never carry connections opened before the loop.
         for conn in connections.all():
