@@ -38,6 +38,11 @@ class BaseModelSpec:
     tensor_parallel_size: int = 1
     # The largest LoRA rank a run on this model may ask for.
     max_lora_rank: int = 128
+    # Sampling back end: "hf", "vllm", or "auto" (vLLM where installed and supported).
+    sampler: str = "hf"
+    # vLLM: adapters in one batch, and adapters kept loaded in CPU memory (LRU).
+    max_loras: int = 8
+    max_cpu_loras: int = 32
 
 
 @dataclass(frozen=True)
