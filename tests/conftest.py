@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "tuft/tiny-qwen3"
 # The SDK's background telemetry is noise in tests.
 os.environ.setdefault("TINKER_TELEMETRY", "0")
+# Live servers (child processes inherit this) sample with the HF back end unless
+# their models.yaml asks for `sampler: vllm`: a vLLM engine takes minutes to start.
+os.environ.setdefault("TUFT_DEFAULT_SAMPLER", "hf")
 # Clients outlive the servers of earlier tests; their heartbeat threads would log
 # "heartbeat failed" warnings into pytest's closed streams at exit.
 logging.getLogger("tinker").setLevel(logging.ERROR)

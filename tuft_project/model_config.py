@@ -6,6 +6,9 @@
         max_model_len: 32768
         tensor_parallel_size: 1
         max_lora_rank: 128               # optional
+        sampler: auto                    # optional: auto | vllm | hf (default: $TUFT_DEFAULT_SAMPLER or auto)
+        max_loras: 8                     # optional, vLLM: adapters decoded in one batch
+        max_cpu_loras: 32                # optional, vLLM: adapters kept loaded (least recently used evicted)
     persistence:                         # optional
       mode: disabled | redis_url
       redis_url: redis://127.0.0.1:6379/0
@@ -16,13 +19,19 @@ Unknown keys are errors: configuration that silently does nothing is dangerous.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from engine.sampler import SAMPLER_KINDS, VLLM_INSTALL_HINT, vllm_installed
 from engine.types import BaseModelSpec
+
+# The sampler of a model whose entry has no ``sampler:`` key. The test suite sets
+# it to ``hf`` so that only the tests that ask for vLLM start a vLLM engine.
+DEFAULT_SAMPLER_ENV = "TUFT_DEFAULT_SAMPLER"
 
 
 class ConfigError(Exception):
@@ -56,7 +65,8 @@ class TuftConfig:
     persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
 
 
-_MODEL_KEYS = {"model_name", "model_path", "max_model_len", "tensor_parallel_size", "max_lora_rank"}
+_MODEL_KEYS = {"model_name", "model_path", "max_model_len", "tensor_parallel_size", "max_lora_rank",
+               "sampler", "max_loras", "max_cpu_loras"}
 _PERSISTENCE_KEYS = {"mode", "redis_url", "namespace"}
 
 
@@ -76,6 +86,9 @@ def parse_config(data: Any, base_dir: Path) -> TuftConfig:
     entries = data["supported_models"]
     if not isinstance(entries, list) or not entries:
         raise ConfigError("models.yaml: supported_models must be a non-empty list")
+    default_sampler = os.environ.get(DEFAULT_SAMPLER_ENV, "auto")
+    if default_sampler not in SAMPLER_KINDS:
+        raise ConfigError(f"{DEFAULT_SAMPLER_ENV}={default_sampler!r}: must be one of {', '.join(SAMPLER_KINDS)}")
     models = []
     for i, entry in enumerate(entries):
         where = f"models.yaml supported_models[{i}]"
@@ -92,11 +105,15 @@ def parse_config(data: Any, base_dir: Path) -> TuftConfig:
                 max_model_len=int(entry["max_model_len"]),
                 tensor_parallel_size=int(entry.get("tensor_parallel_size", 1)),
                 max_lora_rank=int(entry.get("max_lora_rank", 128)),
+                sampler=str(entry.get("sampler", default_sampler)),
+                max_loras=int(entry.get("max_loras", 8)),
+                max_cpu_loras=int(entry.get("max_cpu_loras", 32)),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
         if spec.max_model_len < 2 or spec.tensor_parallel_size < 1 or spec.max_lora_rank < 1:
             raise ConfigError(f"{where}: max_model_len, tensor_parallel_size and max_lora_rank must be positive")
+        _check_sampler(where, spec)
         models.append(spec)
     names = [m.model_name for m in models]
     if len(set(names)) != len(names):
@@ -114,6 +131,15 @@ def parse_config(data: Any, base_dir: Path) -> TuftConfig:
         else:
             raise ConfigError(f"models.yaml persistence: unknown mode {p['mode']!r} (disabled or redis_url)")
     return TuftConfig(models=models, persistence=persistence)
+
+
+def _check_sampler(where: str, spec: BaseModelSpec) -> None:
+    if spec.sampler not in SAMPLER_KINDS:
+        raise ConfigError(f"{where}: sampler must be one of {', '.join(SAMPLER_KINDS)}, got {spec.sampler!r}")
+    if not 1 <= spec.max_loras <= spec.max_cpu_loras:
+        raise ConfigError(f"{where}: need 1 <= max_loras <= max_cpu_loras")
+    if spec.sampler == "vllm" and not vllm_installed():
+        raise ConfigError(f"{where}: sampler: vllm but vLLM is not installed; {VLLM_INSTALL_HINT}")
 
 
 def load_config(path: str | Path) -> TuftConfig:
