@@ -43,6 +43,8 @@ class BaseModelSpec:
     # vLLM: adapters in one batch, and adapters kept loaded in CPU memory (LRU).
     max_loras: int = 8
     max_cpu_loras: int = 32
+    # vLLM on GPU: the share of GPU memory its engine may take (the trainer shares the GPU).
+    gpu_memory_utilization: float = 0.5
 
 
 @dataclass(frozen=True)

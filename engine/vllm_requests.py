@@ -6,7 +6,6 @@ mapping of every sampling option reads in one place.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
@@ -14,6 +13,9 @@ from engine.sample_checks import MAX_LOGPROBS_K
 from engine.types import BaseModelSpec, SampledSequence, SampleResult, SampleSpec
 
 logger = logging.getLogger(__name__)
+
+# vLLM samples greedily below this temperature (its _SAMPLING_EPS) and then refuses n > 1.
+GREEDY_BELOW = 1e-5
 
 
 def engine_kwargs(spec: BaseModelSpec, on_gpu: bool) -> dict[str, Any]:
@@ -38,6 +40,7 @@ def engine_kwargs(spec: BaseModelSpec, on_gpu: bool) -> dict[str, Any]:
         "generation_config": "vllm",
         "disable_log_stats": True,
         "seed": 0,
+        **({"gpu_memory_utilization": spec.gpu_memory_utilization} if on_gpu else {}),
     }
 
 
@@ -48,9 +51,10 @@ def sampling_kwargs(spec: SampleSpec, max_tokens: int, stops: list[list[int]]) -
     ``stop=[]``, so vLLM's own EOS rule is off (``ignore_eos``). vLLM stops on
     single tokens only; longer stop sequences are cut afterwards (``to_result``).
     """
-    wants_prompt = spec.prompt_logprobs or spec.topk_prompt_logprobs > 0
+    greedy = spec.temperature < GREEDY_BELOW
     return {
-        "n": spec.num_samples,
+        # Greedy rows are all alike: decode one and copy it (``to_result``).
+        "n": 1 if greedy else spec.num_samples,
         "max_tokens": max_tokens,
         "temperature": spec.temperature,
         "top_p": spec.top_p,
@@ -62,7 +66,6 @@ def sampling_kwargs(spec: SampleSpec, max_tokens: int, stops: list[list[int]]) -
         "stop_token_ids": [seq[0] for seq in stops if len(seq) == 1],
         "ignore_eos": True,
         "logprobs": spec.topk_sample_logprobs,
-        "prompt_logprobs": spec.topk_prompt_logprobs if wants_prompt else None,
         "detokenize": bool(spec.stop_strings),
     }
 
@@ -95,26 +98,31 @@ def _sequence(completion: Any, spec: SampleSpec, stops: list[list[int]]) -> Samp
 
 
 def to_result(output: Any, spec: SampleSpec, stops: list[list[int]]) -> SampleResult:
-    """A finished ``vllm.RequestOutput`` as the engine's ``SampleResult``."""
+    """A finished ``vllm.RequestOutput`` as the engine's ``SampleResult`` (no prompt scoring: see ``needs_hf``)."""
     completions = sorted(output.outputs, key=lambda c: c.index)
-    result = SampleResult(sequences=[_sequence(c, spec, stops) for c in completions])
-    if not (spec.prompt_logprobs or spec.topk_prompt_logprobs):
-        return result
-    rows = list(output.prompt_logprobs or [])  # [P]: None at position 0, then {token: Logprob}
-    scored = len(spec.prompt) - 1
-    # Rows before ``first`` are not scored (NaN / None on the wire), as in the HF back end.
-    first = 1 + (scored - spec.prompt_logprobs_last_n if spec.prompt_logprobs_last_n is not None else 0)
-    if spec.prompt_logprobs:
-        values: list[float | None] = [None] * first
-        values += [float(rows[i][spec.prompt[i]].logprob) for i in range(first, len(spec.prompt))]
-        result = dataclasses.replace(result, prompt_logprobs=values)
-    if spec.topk_prompt_logprobs:
-        topk: list[list[tuple[int, float]] | None] = [None] * first
-        topk += [_topk(rows[i], spec.topk_prompt_logprobs) for i in range(first, len(spec.prompt))]
-        result = dataclasses.replace(result, topk_prompt_logprobs=topk)
-    return result
+    sequences = [_sequence(c, spec, stops) for c in completions]
+    if len(sequences) == 1 < spec.num_samples:  # greedy: one decode stands for every sample
+        sequences *= spec.num_samples
+    return SampleResult(sequences=sequences)
 
 
-def needs_hf(spec: SampleSpec) -> bool:
-    """Options vLLM's CPU runner cannot serve: the HF decoder on the same host does."""
-    return spec.target_prompt_ids is not None or spec.prompt_alt_tokens_k > 0
+# vLLM refuses hotter sampling; the API allows it, so such requests go to the HF decoder.
+VLLM_MAX_TEMPERATURE = 2.0
+
+
+def needs_hf(spec: SampleSpec) -> str | None:
+    """Why the HF decoder on the same host must serve this request instead of vLLM (None: it need not).
+
+    Prompt scoring goes to HF because vLLM 0.32 computes prompt logprobs wrongly once an
+    ``lm_head`` LoRA sits in one of its slots (``LogitsProcessorWithLoRA`` maps the
+    prompt's rows with the per-request sampler indices), even for base-model requests;
+    our adapters train ``lm_head`` by default. Per-id prompt scoring and alternative
+    prompt tokens have no vLLM equivalent on CPU at all.
+    """
+    if spec.prompt_logprobs or spec.topk_prompt_logprobs or spec.target_prompt_ids is not None:
+        return "prompt scoring"
+    if spec.prompt_alt_tokens_k:
+        return "prompt_alt_tokens"
+    if spec.temperature > VLLM_MAX_TEMPERATURE:
+        return f"temperature above {VLLM_MAX_TEMPERATURE}"
+    return None

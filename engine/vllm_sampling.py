@@ -16,6 +16,7 @@ recently used itself, so vLLM never has to reload one from disk mid-step.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import os
@@ -32,6 +33,7 @@ from typing import Any, Sequence
 
 from engine import checkpoints
 from engine.model_host import ModelHost
+from engine.process_reaper import start_reaper
 from engine.sample_checks import check_sample_for_model, stop_sequences
 from engine.sampling import HFSampler
 from engine.types import EngineError, SampleRequest, SampleResult, UserInputError
@@ -41,7 +43,9 @@ from engine.vllm_requests import engine_kwargs, needs_hf, sampling_kwargs, to_re
 # machines can spare next to the trainer. An operator's own setting wins.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
+import psutil  # noqa: E402  (a vLLM dependency)
 from vllm import EngineArgs, LLMEngine, SamplingParams, TokensPrompt  # noqa: E402
+from vllm.exceptions import VLLMClientError  # noqa: E402
 from vllm.lora.request import LoRARequest  # noqa: E402
 from vllm.sampling_params import RequestOutputKind  # noqa: E402
 
@@ -99,10 +103,16 @@ class VLLMSampler:
         self._inbox: queue.Queue[_Submission | None] = queue.Queue()
         self._pending: dict[str, _Submission] = {}
         self._dead: str | None = None
+        self._reaper_pipe: int | None = None
         started = time.monotonic()
+        before = {c.pid for c in psutil.Process().children(recursive=True)}
         self._engine = LLMEngine.from_engine_args(EngineArgs(**engine_kwargs(host.spec, on_gpu)))
         self.startup_s = time.monotonic() - started
-        logger.info("vLLM engine for %s ready in %.1f s", host.spec.model_name, self.startup_s)
+        engine_pids = [c.pid for c in psutil.Process().children(recursive=True) if c.pid not in before]
+        self._reaper, self._reaper_pipe = start_reaper(engine_pids)
+        atexit.register(self.close)
+        logger.info("vLLM engine for %s ready in %.1f s (processes %s)", host.spec.model_name, self.startup_s,
+                    engine_pids)
         self._thread = threading.Thread(target=self._drive, name=f"vllm-{host.spec.model_name}", daemon=True)
         self._thread.start()
 
@@ -129,8 +139,8 @@ class VLLMSampler:
                 submitted.append((slot, sub, stops))
             except EngineError as exc:
                 outcomes[slot] = exc
-            except ValueError as exc:  # SamplingParams refused a value validate_sample_spec let through
-                outcomes[slot] = UserInputError(str(exc))
+            except (ValueError, VLLMClientError) as exc:  # SamplingParams refused a value we let through
+                outcomes[slot] = UserInputError(f"vLLM refused the request: {exc}")
         if on_hf:
             for slot, outcome in zip(on_hf, self.fallback.sample_many([requests[i] for i in on_hf])):
                 outcomes[slot] = outcome
@@ -147,6 +157,9 @@ class VLLMSampler:
         return [o if o is not None else EngineError("request was not served") for o in outcomes]
 
     def close(self) -> None:
+        """Stop the driver and the engine's processes; safe to call twice."""
+        if self._reaper_pipe is None:
+            return
         if self._thread.is_alive():
             self._inbox.put(None)
             self._thread.join(timeout=30)
@@ -154,6 +167,10 @@ class VLLMSampler:
             self._engine.engine_core.shutdown()
         except Exception:  # already gone; nothing left to free
             logger.debug("vLLM engine shutdown", exc_info=True)
+        os.write(self._reaper_pipe, b"q")  # an orderly stop: the reaper leaves without killing
+        os.close(self._reaper_pipe)
+        self._reaper_pipe = None
+        self._reaper.wait(timeout=30)
 
     # -- driver thread ----------------------------------------------------
 
@@ -208,7 +225,7 @@ class VLLMSampler:
         except EngineError as exc:
             sub.future.set_exception(exc)
             return
-        except (ValueError, TypeError) as exc:  # vLLM's input checks
+        except (ValueError, TypeError, VLLMClientError) as exc:  # vLLM's input checks
             sub.future.set_exception(UserInputError(f"vLLM refused the request: {exc}"))
             return
         self._pending[sub.request_id] = sub

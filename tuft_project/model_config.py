@@ -9,6 +9,7 @@
         sampler: auto                    # optional: auto | vllm | hf (default: $TUFT_DEFAULT_SAMPLER or auto)
         max_loras: 8                     # optional, vLLM: adapters decoded in one batch
         max_cpu_loras: 32                # optional, vLLM: adapters kept loaded (least recently used evicted)
+        gpu_memory_utilization: 0.5      # optional, vLLM on GPU: its share of GPU memory
     persistence:                         # optional
       mode: disabled | redis_url
       redis_url: redis://127.0.0.1:6379/0
@@ -66,7 +67,7 @@ class TuftConfig:
 
 
 _MODEL_KEYS = {"model_name", "model_path", "max_model_len", "tensor_parallel_size", "max_lora_rank",
-               "sampler", "max_loras", "max_cpu_loras"}
+               "sampler", "max_loras", "max_cpu_loras", "gpu_memory_utilization"}
 _PERSISTENCE_KEYS = {"mode", "redis_url", "namespace"}
 
 
@@ -108,6 +109,7 @@ def parse_config(data: Any, base_dir: Path) -> TuftConfig:
                 sampler=str(entry.get("sampler", default_sampler)),
                 max_loras=int(entry.get("max_loras", 8)),
                 max_cpu_loras=int(entry.get("max_cpu_loras", 32)),
+                gpu_memory_utilization=float(entry.get("gpu_memory_utilization", 0.5)),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
@@ -138,6 +140,8 @@ def _check_sampler(where: str, spec: BaseModelSpec) -> None:
         raise ConfigError(f"{where}: sampler must be one of {', '.join(SAMPLER_KINDS)}, got {spec.sampler!r}")
     if not 1 <= spec.max_loras <= spec.max_cpu_loras:
         raise ConfigError(f"{where}: need 1 <= max_loras <= max_cpu_loras")
+    if not 0 < spec.gpu_memory_utilization <= 1:
+        raise ConfigError(f"{where}: gpu_memory_utilization must be in (0, 1]")
     if spec.sampler == "vllm" and not vllm_installed():
         raise ConfigError(f"{where}: sampler: vllm but vLLM is not installed; {VLLM_INSTALL_HINT}")
 
