@@ -52,7 +52,18 @@ class Engine:
                         f"unknown base model {model_name!r}; supported: {', '.join(sorted(self.specs))}"
                     )
                 self._hosts[model_name] = ModelHost(self.specs[model_name])
+                if self.specs[model_name].sampler != "hf":
+                    # A vLLM engine takes minutes to start: begin now, beside training,
+                    # rather than on the first sample.
+                    threading.Thread(target=self._start_sampler, args=(model_name,), daemon=True,
+                                     name=f"start-sampler-{model_name}").start()
             return self._hosts[model_name]
+
+    def _start_sampler(self, model_name: str) -> None:
+        try:
+            self.sampler(model_name)
+        except EngineError as exc:  # the first sample reports it (and tries again)
+            logger.warning("sampler of %s did not start: %s", model_name, exc)
 
     def sampler(self, model_name: str) -> Sampler:
         """The model's sampler, created on first use (a vLLM engine starts here)."""
@@ -61,10 +72,14 @@ class Engine:
             if model_name not in self._samplers:
                 kind = resolve_sampler_kind(host.spec, on_gpu=host.device.type == "cuda")
                 if kind == "vllm":
-                    # Imported here: vLLM takes ~30 s to import and is an optional install.
-                    from engine.vllm_sampling import VLLMSampler
+                    try:
+                        # Imported here: vLLM takes ~30 s to import and is an optional install.
+                        from engine.vllm_sampling import VLLMSampler
 
-                    self._samplers[model_name] = VLLMSampler(host)
+                        self._samplers[model_name] = VLLMSampler(host)
+                    except Exception as exc:  # whatever vLLM raised: a server fault, reported per request
+                        logger.exception("could not start the vLLM engine of %s", model_name)
+                        raise EngineError(f"could not start the vLLM engine of {model_name}: {exc}") from exc
                 else:
                     self._samplers[model_name] = HFSampler(host)
                 logger.info("model %s samples with the %s back end", model_name, kind)
