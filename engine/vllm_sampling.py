@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from engine import checkpoints
 from engine.model_host import ModelHost
-from engine.process_reaper import start_reaper
+from engine.process_reaper import Reaper
 from engine.sample_checks import check_sample_for_model, stop_sequences
 from engine.sampling import HFSampler
 from engine.types import EngineError, SampleRequest, SampleResult, UserInputError
@@ -103,16 +103,24 @@ class VLLMSampler:
         self._inbox: queue.Queue[_Submission | None] = queue.Queue()
         self._pending: dict[str, _Submission] = {}
         self._dead: str | None = None
-        self._reaper_pipe: int | None = None
+        self._closed = False
         started = time.monotonic()
-        before = {c.pid for c in psutil.Process().children(recursive=True)}
-        self._engine = LLMEngine.from_engine_args(EngineArgs(**engine_kwargs(host.spec, on_gpu)))
+        # The engine's processes die with this one, even if it dies during the start-up.
+        self._reaper = Reaper()
+        before = {c.pid for c in psutil.Process().children(recursive=True)} | {self._reaper.pid}
+        starting = threading.Event()
+        starting.set()
+        poller = self._reaper.guard_while(
+            starting.is_set, lambda: [c.pid for c in psutil.Process().children(recursive=True) if c.pid not in before])
+        try:
+            self._engine = LLMEngine.from_engine_args(EngineArgs(**engine_kwargs(host.spec, on_gpu)))
+        finally:
+            starting.clear()
+            poller.join()
         self.startup_s = time.monotonic() - started
-        engine_pids = [c.pid for c in psutil.Process().children(recursive=True) if c.pid not in before]
-        self._reaper, self._reaper_pipe = start_reaper(engine_pids)
         atexit.register(self.close)
         logger.info("vLLM engine for %s ready in %.1f s (processes %s)", host.spec.model_name, self.startup_s,
-                    engine_pids)
+                    self._reaper.guarded)
         self._thread = threading.Thread(target=self._drive, name=f"vllm-{host.spec.model_name}", daemon=True)
         self._thread.start()
 
@@ -158,8 +166,9 @@ class VLLMSampler:
 
     def close(self) -> None:
         """Stop the driver and the engine's processes; safe to call twice."""
-        if self._reaper_pipe is None:
+        if self._closed:
             return
+        self._closed = True
         if self._thread.is_alive():
             self._inbox.put(None)
             self._thread.join(timeout=30)
@@ -167,10 +176,7 @@ class VLLMSampler:
             self._engine.engine_core.shutdown()
         except Exception:  # already gone; nothing left to free
             logger.debug("vLLM engine shutdown", exc_info=True)
-        os.write(self._reaper_pipe, b"q")  # an orderly stop: the reaper leaves without killing
-        os.close(self._reaper_pipe)
-        self._reaper_pipe = None
-        self._reaper.wait(timeout=30)
+        self._reaper.release()  # stopped in order: the reaper leaves without killing
 
     # -- driver thread ----------------------------------------------------
 

@@ -16,14 +16,17 @@ ROOT = Path(__file__).resolve().parents[2]
 PARENT = """
 import os, subprocess, sys, time
 sys.path.insert(0, sys.argv[1])
-from engine.process_reaper import start_reaper
-helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-reaper, pipe = start_reaper([helper.pid])
-print(helper.pid, reaper.pid, flush=True)
+from engine.process_reaper import Reaper
+reaper = Reaper()
+first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+reaper.guard([first.pid])
+# A helper started later, found by polling as vLLM's start-up spawns its processes.
+second = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+polled = reaper.guard_while(lambda: False, lambda: [second.pid])
+polled.join()
+print(first.pid, second.pid, reaper.pid, flush=True)
 if sys.argv[2] == "orderly":
-    os.write(pipe, b"q")
-    os.close(pipe)
-    reaper.wait(timeout=30)
+    reaper.release()
     print("reaper left", flush=True)
 time.sleep(600)
 """
@@ -53,22 +56,24 @@ def _wait_dead(pid: int, timeout: float = 60) -> bool:
 def test_a_sigkilled_parent_takes_its_helpers_with_it() -> None:
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(ROOT), "crash"], stdout=subprocess.PIPE, text=True)
     assert parent.stdout is not None
-    helper, reaper = map(int, parent.stdout.readline().split())
-    assert _alive(helper)
+    first, second, reaper = map(int, parent.stdout.readline().split())
+    assert _alive(first) and _alive(second)
     parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=30)
-    assert _wait_dead(helper), "the helper outlived its SIGKILLed parent"
+    assert _wait_dead(first) and _wait_dead(second), "a helper outlived its SIGKILLed parent"
     assert _wait_dead(reaper)
 
 
 def test_an_orderly_stop_leaves_the_helpers_to_their_owner() -> None:
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(ROOT), "orderly"], stdout=subprocess.PIPE, text=True)
     assert parent.stdout is not None
+    helpers: list[int] = []
     try:
-        helper, _ = map(int, parent.stdout.readline().split())
+        helpers = list(map(int, parent.stdout.readline().split()))[:2]
         assert parent.stdout.readline().strip() == "reaper left"
-        assert _alive(helper), "an orderly stop must not kill anything"
+        assert all(_alive(pid) for pid in helpers), "an orderly release must not kill anything"
     finally:
         parent.kill()
         parent.wait(timeout=30)
-        os.kill(helper, signal.SIGKILL)
+        for pid in helpers:
+            os.kill(pid, signal.SIGKILL)
