@@ -96,8 +96,8 @@ class VLLMSampler:
     def __init__(self, host: ModelHost) -> None:
         self.host = host
         on_gpu = host.device.type == "cuda"
-        # target_prompt_logprobs and prompt_alt_tokens need the HF decoder (vLLM's
-        # CPU runner has no per-id prompt scoring); it shares the trainer's model.
+        # Serves what vLLM cannot serve correctly (``needs_hf``: prompt scoring, hot
+        # temperatures) with the trainer's own copy of the model.
         self.fallback = HFSampler(host)
         self._adapters = _AdapterIds(host.spec.max_cpu_loras)
         self._inbox: queue.Queue[_Submission | None] = queue.Queue()
