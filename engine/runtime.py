@@ -1,8 +1,9 @@
 """The narrow interface the server's workers use: one ``Engine`` per process.
 
 It owns the loaded base models (each loaded once, on first use, and shared by
-every tenant's adapters), the training runs and the samplers. Workers call it
-with ``engine.types`` values only.
+every tenant's adapters), the training runs and the samplers (one per base
+model, HF or vLLM, chosen by models.yaml's ``sampler``; see ``engine.sampler``).
+Workers call it with ``engine.types`` values only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from engine.batching import DEFAULT_MAX_BATCH_TOKENS
 from engine.model_host import ModelHost
+from engine.sampler import Sampler, resolve_sampler_kind
 from engine.sampling import HFSampler
 from engine.training import TrainingEngine
 from engine.types import (
@@ -37,8 +39,11 @@ class Engine:
         training pass in ``forward_backward_many`` (default 8192, see batching.py)."""
         self.specs = {m.model_name: m for m in models}
         self._hosts: dict[str, ModelHost] = {}
-        self._samplers: dict[str, HFSampler] = {}
+        self._samplers: dict[str, Sampler] = {}
         self._load_lock = threading.Lock()
+        # Separate from _load_lock: starting a vLLM engine takes minutes and must
+        # not hold up training on an already loaded host.
+        self._sampler_lock = threading.Lock()
         self.training = TrainingEngine(self._hosts, max_batch_tokens)
 
     def host(self, model_name: str) -> ModelHost:
@@ -50,8 +55,45 @@ class Engine:
                         f"unknown base model {model_name!r}; supported: {', '.join(sorted(self.specs))}"
                     )
                 self._hosts[model_name] = ModelHost(self.specs[model_name])
-                self._samplers[model_name] = HFSampler(self._hosts[model_name])
+                if self.specs[model_name].sampler != "hf":
+                    # A vLLM engine takes minutes to start: begin now, beside training,
+                    # rather than on the first sample.
+                    threading.Thread(target=self._start_sampler, args=(model_name,), daemon=True,
+                                     name=f"start-sampler-{model_name}").start()
             return self._hosts[model_name]
+
+    def _start_sampler(self, model_name: str) -> None:
+        try:
+            self.sampler(model_name)
+        except EngineError as exc:  # the first sample reports it (and tries again)
+            logger.warning("sampler of %s did not start: %s", model_name, exc)
+
+    def sampler(self, model_name: str) -> Sampler:
+        """The model's sampler, created on first use (a vLLM engine starts here)."""
+        host = self.host(model_name)
+        with self._sampler_lock:
+            if model_name not in self._samplers:
+                kind = resolve_sampler_kind(host.spec, on_gpu=host.device.type == "cuda")
+                if kind == "vllm":
+                    try:
+                        # Imported here: vLLM takes ~30 s to import and is an optional install.
+                        from engine.vllm_sampling import VLLMSampler
+
+                        self._samplers[model_name] = VLLMSampler(host)
+                    except Exception as exc:  # whatever vLLM raised: a server fault, reported per request
+                        logger.exception("could not start the vLLM engine of %s", model_name)
+                        raise EngineError(f"could not start the vLLM engine of {model_name}: {exc}") from exc
+                else:
+                    self._samplers[model_name] = HFSampler(host)
+                logger.info("model %s samples with the %s back end", model_name, kind)
+            return self._samplers[model_name]
+
+    def close(self) -> None:
+        """Stop the samplers' background engines (vLLM); safe to call twice."""
+        with self._sampler_lock:
+            for sampler in self._samplers.values():
+                sampler.close()
+            self._samplers.clear()
 
     # Training -------------------------------------------------------------
 
@@ -95,17 +137,27 @@ class Engine:
     def sample_many(self, requests: list[SampleRequest]) -> list[SampleResult | EngineError]:
         """The scheduler's entry point for sampling: one outcome per request, in order.
 
-        A request that fails yields its ``EngineError`` and never fails the others.
+        Requests of one base model are served together (one HF batch across
+        adapters, or all submitted to vLLM at once). A request that fails yields
+        its ``EngineError`` and never fails the others.
         """
-        outcomes: list[SampleResult | EngineError] = []
-        for req in requests:
+        outcomes: list[SampleResult | EngineError | None] = [None] * len(requests)
+        by_model: dict[str, list[int]] = {}
+        for i, req in enumerate(requests):
+            by_model.setdefault(req.model_name, []).append(i)
+        for model_name, slots in by_model.items():
             try:
-                adapter = Path(req.adapter_dir) if req.adapter_dir is not None else None
-                outcomes.append(self.sample(req.model_name, adapter, req.spec))
+                results = self.sampler(model_name).sample_many([requests[i] for i in slots])
             except EngineError as exc:
-                outcomes.append(exc)
-        return outcomes
+                results = [exc] * len(slots)
+            for i, result in zip(slots, results):
+                outcomes[i] = result
+        return [o if o is not None else EngineError("request was not served") for o in outcomes]
 
     def sample(self, model_name: str, adapter_dir: Path | None, spec: SampleSpec) -> SampleResult:
-        self.host(model_name)
-        return self._samplers[model_name].sample(adapter_dir, spec)
+        """One request on its own (raises its ``EngineError``)."""
+        directory = str(adapter_dir) if adapter_dir is not None else None
+        outcome = self.sample_many([SampleRequest(model_name, directory, spec)])[0]
+        if isinstance(outcome, EngineError):
+            raise outcome
+        return outcome

@@ -1,12 +1,17 @@
-"""Checks of a sample request that need no model (and no torch).
+"""Checks of a sample request that need no loaded model (and no torch).
 
-The server runs them when a request arrives, so a bad request is a 400 before
-anything is queued; the sampler runs them again before decoding.
+The server runs ``validate_sample_spec`` when a request arrives, so a bad
+request is a 400 before anything is queued. Every sampler back end (HF, vLLM)
+runs ``check_sample_for_model`` before decoding: the limits that depend on the
+model (vocabulary, max_model_len) but not on the back end live here, once.
 """
 
 from __future__ import annotations
 
 from engine.types import SampleSpec, UserInputError
+
+# Decode budget when a request leaves max_tokens unset (the SDK omits it when None).
+DEFAULT_MAX_TOKENS = 128
 
 # Widest top-k / alternative-token / target-id request per position; bounds the work
 # and the response size of one request (len(prompt) * k cells), as vLLM's max_logprobs does.
@@ -57,3 +62,42 @@ def validate_sample_spec(spec: SampleSpec) -> None:
         raise UserInputError("top_p must be in (0, 1]")
     if spec.top_k == 0 or spec.top_k < -1:
         raise UserInputError("top_k must be -1 (off) or a positive number")
+
+
+def check_sample_for_model(spec: SampleSpec, vocab_size: int, max_model_len: int) -> int:
+    """Validate ``spec`` against one model; return the number of tokens to decode.
+
+    Raises ``UserInputError`` (recoverable: the caller's input is at fault).
+    """
+    validate_sample_spec(spec)
+    if not spec.prompt:
+        raise UserInputError("prompt is empty")
+    bad = [t for t in spec.prompt if not 0 <= t < vocab_size]
+    if bad:
+        raise UserInputError(f"prompt has token id {bad[0]} outside the vocabulary (0..{vocab_size - 1})")
+    if len(spec.prompt) > max_model_len:
+        raise UserInputError(f"prompt has {len(spec.prompt)} tokens, more than max_model_len {max_model_len}")
+    if spec.target_prompt_ids is not None:
+        bad = [t for row in spec.target_prompt_ids for t in row if t >= vocab_size]
+        if bad:
+            raise UserInputError(
+                f"target_prompt_logprobs has token id {bad[0]} outside the vocabulary (0..{vocab_size - 1})"
+            )
+    if spec.stop_token_seqs is not None:
+        bad = [t for seq in spec.stop_token_seqs for t in seq if not 0 <= t < vocab_size]
+        if bad:
+            raise UserInputError(f"stop has token id {bad[0]} outside the vocabulary (0..{vocab_size - 1})")
+    room = max_model_len - len(spec.prompt)
+    max_tokens = spec.max_tokens if spec.max_tokens is not None else min(DEFAULT_MAX_TOKENS, room)
+    if max_tokens > room or max_tokens < 1:
+        raise UserInputError(
+            f"prompt ({len(spec.prompt)} tokens) + max_tokens ({max_tokens}) exceeds max_model_len {max_model_len}"
+        )
+    return max_tokens
+
+
+def stop_sequences(spec: SampleSpec, eos_token_id: int | None) -> list[list[int]]:
+    """The token sequences that end a sample: the request's, or EOS when it named none."""
+    if spec.stop_token_seqs is not None:
+        return [seq for seq in spec.stop_token_seqs if seq]
+    return [[eos_token_id]] if eos_token_id is not None else []

@@ -26,13 +26,16 @@ _WORDS = (
 
 @dataclass(frozen=True)
 class TinyModelSize:
-    """Shape of the built model. The defaults give ~140k parameters."""
+    """Shape of the built model. The defaults give ~165k parameters."""
 
     vocab_size: int = 1024
     hidden_size: int = 64
     num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
+    num_heads: int = 2
+    num_kv_heads: int = 1
+    # NOTE: 64, not hidden_size // num_heads: vLLM's CPU attention kernel only
+    # accepts head sizes 32, 64, 80, ...; 64 is the one measured to work.
+    head_dim: int = 64
     intermediate_size: int = 128
     max_position_embeddings: int = 2048
 
@@ -41,7 +44,7 @@ SIZES = {
     "tiny": TinyModelSize(),
     # ~10M parameters: the benchmark size (hidden 256, 4 layers, 8k vocab).
     "small": TinyModelSize(
-        vocab_size=8192, hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4,
+        vocab_size=8192, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,
         intermediate_size=768,
     ),
 }
@@ -96,7 +99,7 @@ def build_tiny_model(out_dir: str | Path, size: TinyModelSize = TinyModelSize(),
         num_hidden_layers=size.num_layers,
         num_attention_heads=size.num_heads,
         num_key_value_heads=size.num_kv_heads,
-        head_dim=size.hidden_size // size.num_heads,
+        head_dim=size.head_dim,
         max_position_embeddings=size.max_position_embeddings,
         tie_word_embeddings=True,
         # NOTE: with the default 0.02 the logits of a random model are tiny and a

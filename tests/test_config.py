@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,54 @@ persistence:
 def test_config_errors(tmp_path: Path, tiny_model_dir: Path, body: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_config(_write(tmp_path, body.format(p=tiny_model_dir)))
+
+
+def test_sampler_keys_and_their_defaults(tmp_path: Path, tiny_model_dir: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    body = f"""
+supported_models:
+  - model_name: plain
+    model_path: {tiny_model_dir}
+    max_model_len: 64
+  - model_name: tuned
+    model_path: {tiny_model_dir}
+    max_model_len: 64
+    sampler: hf
+    max_loras: 2
+    max_cpu_loras: 4
+"""
+    monkeypatch.setenv("TUFT_DEFAULT_SAMPLER", "auto")
+    plain, tuned = load_config(_write(tmp_path, body)).models
+    assert (plain.sampler, plain.max_loras, plain.max_cpu_loras) == ("auto", 8, 32)
+    assert (tuned.sampler, tuned.max_loras, tuned.max_cpu_loras) == ("hf", 2, 4)
+    monkeypatch.setenv("TUFT_DEFAULT_SAMPLER", "hf")
+    assert load_config(_write(tmp_path, body)).models[0].sampler == "hf"
+    monkeypatch.setenv("TUFT_DEFAULT_SAMPLER", "fast")
+    with pytest.raises(ConfigError, match="TUFT_DEFAULT_SAMPLER"):
+        load_config(_write(tmp_path, body))
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("sampler: turbo", "sampler must be one of auto, vllm, hf"),
+    ("max_loras: 0", "max_loras"),
+    ("max_loras: 9\n    max_cpu_loras: 4", "max_cpu_loras"),
+])
+def test_sampler_key_errors(tmp_path: Path, tiny_model_dir: Path, extra: str, message: str) -> None:
+    body = f"supported_models:\n  - model_name: m\n    model_path: {tiny_model_dir}\n    max_model_len: 8\n    {extra}\n"
+    with pytest.raises(ConfigError, match=message):
+        load_config(_write(tmp_path, body))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_tuft_refuses_sampler_vllm_without_vllm_and_says_how_to_install_it(tmp_path: Path, tiny_model_dir: Path) -> None:
+    config = _write(tmp_path, f"supported_models:\n  - model_name: m\n    model_path: {tiny_model_dir}\n"
+                              "    max_model_len: 64\n    sampler: vllm\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "tuft_project.cli", "--home", str(tmp_path / "home"), "--model-config", str(config),
+         "--port", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert out.returncode == 2
+    assert "vLLM is not installed" in out.stderr and "scripts/install-vllm.sh" in out.stderr
 
 
 def test_tuft_refuses_a_bad_config_at_start_up(tmp_path: Path) -> None:

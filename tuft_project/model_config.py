@@ -7,6 +7,10 @@
         tensor_parallel_size: 1
         max_lora_rank: 128               # optional
         tokenizer_id: Qwen/Qwen3-8B      # optional (default model_name): what clients load the tokenizer from
+        sampler: auto                    # optional: auto | vllm | hf (default: $TUFT_DEFAULT_SAMPLER or auto)
+        max_loras: 8                     # optional, vLLM: adapters decoded in one batch
+        max_cpu_loras: 32                # optional, vLLM: adapters kept loaded (least recently used evicted)
+        gpu_memory_utilization: 0.5      # optional, vLLM on GPU: its share of GPU memory
     persistence:                         # optional
       mode: disabled | redis_url
       redis_url: redis://127.0.0.1:6379/0
@@ -18,13 +22,19 @@ Unknown keys are errors: configuration that silently does nothing is dangerous.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from engine.sampler import SAMPLER_KINDS, VLLM_INSTALL_HINT, vllm_installed
 from engine.types import BaseModelSpec
+
+# The sampler of a model whose entry has no ``sampler:`` key. The test suite sets
+# it to ``hf`` so that only the tests that ask for vLLM start a vLLM engine.
+DEFAULT_SAMPLER_ENV = "TUFT_DEFAULT_SAMPLER"
 
 
 class ConfigError(Exception):
@@ -76,7 +86,8 @@ class TuftConfig:
         return None
 
 
-_MODEL_KEYS = {"model_name", "model_path", "max_model_len", "tensor_parallel_size", "max_lora_rank", "tokenizer_id"}
+_MODEL_KEYS = {"model_name", "model_path", "max_model_len", "tensor_parallel_size", "max_lora_rank", "tokenizer_id",
+               "sampler", "max_loras", "max_cpu_loras", "gpu_memory_utilization"}
 _PERSISTENCE_KEYS = {"mode", "redis_url", "namespace"}
 
 
@@ -96,6 +107,9 @@ def parse_config(data: Any, base_dir: Path) -> TuftConfig:
     entries = data["supported_models"]
     if not isinstance(entries, list) or not entries:
         raise ConfigError("models.yaml: supported_models must be a non-empty list")
+    default_sampler = os.environ.get(DEFAULT_SAMPLER_ENV, "auto")
+    if default_sampler not in SAMPLER_KINDS:
+        raise ConfigError(f"{DEFAULT_SAMPLER_ENV}={default_sampler!r}: must be one of {', '.join(SAMPLER_KINDS)}")
     models = []
     for i, entry in enumerate(entries):
         where = f"models.yaml supported_models[{i}]"
@@ -113,11 +127,16 @@ def parse_config(data: Any, base_dir: Path) -> TuftConfig:
                 tensor_parallel_size=int(entry.get("tensor_parallel_size", 1)),
                 max_lora_rank=int(entry.get("max_lora_rank", 128)),
                 tokenizer_id=str(entry.get("tokenizer_id") or entry["model_name"]),
+                sampler=str(entry.get("sampler", default_sampler)),
+                max_loras=int(entry.get("max_loras", 8)),
+                max_cpu_loras=int(entry.get("max_cpu_loras", 32)),
+                gpu_memory_utilization=float(entry.get("gpu_memory_utilization", 0.5)),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
         if spec.max_model_len < 2 or spec.tensor_parallel_size < 1 or spec.max_lora_rank < 1:
             raise ConfigError(f"{where}: max_model_len, tensor_parallel_size and max_lora_rank must be positive")
+        _check_sampler(where, spec)
         models.append(spec)
     names = [m.model_name for m in models]
     if len(set(names)) != len(names):
@@ -135,6 +154,17 @@ def parse_config(data: Any, base_dir: Path) -> TuftConfig:
         else:
             raise ConfigError(f"models.yaml persistence: unknown mode {p['mode']!r} (disabled or redis_url)")
     return TuftConfig(models=models, persistence=persistence)
+
+
+def _check_sampler(where: str, spec: BaseModelSpec) -> None:
+    if spec.sampler not in SAMPLER_KINDS:
+        raise ConfigError(f"{where}: sampler must be one of {', '.join(SAMPLER_KINDS)}, got {spec.sampler!r}")
+    if not 1 <= spec.max_loras <= spec.max_cpu_loras:
+        raise ConfigError(f"{where}: need 1 <= max_loras <= max_cpu_loras")
+    if not 0 < spec.gpu_memory_utilization <= 1:
+        raise ConfigError(f"{where}: gpu_memory_utilization must be in (0, 1]")
+    if spec.sampler == "vllm" and not vllm_installed():
+        raise ConfigError(f"{where}: sampler: vllm but vLLM is not installed; {VLLM_INSTALL_HINT}")
 
 
 def load_config(path: str | Path) -> TuftConfig:

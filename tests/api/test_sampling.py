@@ -1,5 +1,7 @@
 """Issue #3 item 3: every sampling option through the unmodified SDK against a live server.
 
+Every test here runs against both sampling back ends (HF, and vLLM when installed).
+
 Prompt logprobs (whole prompt, last N, top-k, chosen ids), alternative tokens,
 compute_logprobs, every SamplingParams field, many samples per request, many
 concurrent requests from several clients and tenants, and 429 back-pressure
@@ -24,8 +26,8 @@ TIMEOUT = 120
 
 
 @pytest.fixture(scope="module")
-def alice(server: LiveServer) -> tinker.ServiceClient:
-    return tinker.ServiceClient(base_url=server.url, api_key=server.keys["alice"])
+def alice(any_sampler_server: LiveServer) -> tinker.ServiceClient:
+    return tinker.ServiceClient(base_url=any_sampler_server.url, api_key=any_sampler_server.keys["alice"])
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +164,8 @@ def test_every_sampling_param(base_sampler: tinker.SamplingClient, tiny_model_di
         run(max_tokens=1000)
 
 
-def test_many_concurrent_requests_from_several_clients_and_tenants(server: LiveServer) -> None:
+def test_many_concurrent_requests_from_several_clients_and_tenants(any_sampler_server: LiveServer) -> None:
+    server = any_sampler_server
     clients = [tinker.ServiceClient(base_url=server.url, api_key=server.keys[name])
                for name in ("alice", "alice", "bob")]
     samplers = [c.create_sampling_client(base_model=MODEL_NAME).result(timeout=TIMEOUT) for c in clients]
