@@ -40,7 +40,7 @@ class BaseModelSpec:
     max_lora_rank: int = 128
     # What get_info reports for the client's AutoTokenizer.from_pretrained: a hub
     # name or a directory on the client's machine, never silently a server path.
-    tokenizer_id: str = ""
+    tokenizer_id: str = ""  # "" = the model name
     # Sampling back end: "hf", "vllm", or "auto" (vLLM where installed and supported).
     sampler: str = "hf"
     # vLLM: adapters in one batch, and adapters kept loaded in CPU memory (LRU).

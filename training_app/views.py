@@ -64,7 +64,7 @@ class GetInfoView(TenantAPIView):
                 "model_name": run.base_model,
                 # models.yaml's tokenizer_id (default: the model name), never the server's
                 # model directory: that path means nothing on the client's machine.
-                "tokenizer_id": spec.tokenizer_id if spec else run.base_model,
+                "tokenizer_id": (spec.tokenizer_id or spec.model_name) if spec else run.base_model,
             },
             "optimizer_config": {"type": "adamw"},
             "is_lora": True,

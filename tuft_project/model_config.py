@@ -126,7 +126,7 @@ def parse_config(data: Any, base_dir: Path) -> TuftConfig:
                 max_model_len=int(entry["max_model_len"]),
                 tensor_parallel_size=int(entry.get("tensor_parallel_size", 1)),
                 max_lora_rank=int(entry.get("max_lora_rank", 128)),
-                tokenizer_id=str(entry.get("tokenizer_id") or entry["model_name"]),
+                tokenizer_id=str(entry.get("tokenizer_id") or ""),  # "" = the model name
                 sampler=str(entry.get("sampler", default_sampler)),
                 max_loras=int(entry.get("max_loras", 8)),
                 max_cpu_loras=int(entry.get("max_cpu_loras", 32)),
