@@ -35,7 +35,10 @@ CLIENT_CONFIG = {
 
 class ClientConfigView(TenantAPIView):
     def post(self, request):  # type: ignore[no-untyped-def]
-        return Response({**CLIENT_CONFIG, "fwdbwd_max_chunk_len": settings.TUFT_FWDBWD_MAX_CHUNK_LEN})
+        # Half the body limit: the SDK's byte count is an estimate of the protobuf size.
+        chunk_bytes = min(CLIENT_CONFIG["fwdbwd_max_chunk_bytes_count"], settings.TUFT_MAX_BODY_BYTES // 2)
+        return Response({**CLIENT_CONFIG, "fwdbwd_max_chunk_len": settings.TUFT_FWDBWD_MAX_CHUNK_LEN,
+                         "fwdbwd_max_chunk_bytes_count": chunk_bytes})
 
 
 class DynamicConfigView(TenantAPIView):
