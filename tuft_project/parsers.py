@@ -3,7 +3,8 @@
 Every body is read with a size limit (``TUFT_MAX_BODY_BYTES``, 413 beyond it)
 before it is parsed, and a JSON body that cannot be stored or parsed safely is a
 400 here rather than a 500 further in: nesting too deep for the parser, strings
-with NUL characters (PostgreSQL refuses them in text and JSON columns), and the
+with NUL characters (PostgreSQL refuses them in text and JSON columns) or lone
+UTF-16 surrogates ("\ud800": not encodable, so no database stores them), and the
 non-standard NaN/Infinity literals. A number that overflows to infinity (1e999)
 is left to the views, which refuse it where it is used: an ordered training
 operation must still consume its seq_id as a failed future.
@@ -56,14 +57,26 @@ def decode_json(raw: bytes) -> Any:
         raise ParseError("JSON body is nested too deeply") from None
     except ValueError as exc:  # includes UnicodeDecodeError and JSONDecodeError
         raise ParseError(f"JSON parse error: {exc}") from None
-    where = find_nul(data)
+    where = find_unstorable(data)
     if where is not None:
-        raise ParseError(f"JSON strings must not contain NUL characters (found at {where})")
+        where = where.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+        raise ParseError(f"JSON strings must not contain NUL characters or lone surrogates (found at {where})")
     return data
 
 
-def find_nul(data: Any) -> str | None:
-    """The path of the first key or string in ``data`` (parsed JSON) that contains NUL, else None.
+def _storable(text: str) -> bool:
+    """No NUL (PostgreSQL refuses it in text) and no lone surrogate (not encodable as UTF-8)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def find_unstorable(data: Any) -> str | None:
+    """The path of the first key or string in ``data`` (parsed JSON) that no database could store, else None.
 
     Iterative rather than recursive, so a deeply nested body cannot exhaust the stack here.
     """
@@ -71,11 +84,11 @@ def find_nul(data: Any) -> str | None:
     while stack:
         where, value = stack.pop()
         if isinstance(value, str):
-            if "\x00" in value:
+            if not _storable(value):
                 return where
         elif isinstance(value, dict):
             for key, item in value.items():
-                if "\x00" in key:
+                if not _storable(key):
                     return f"{where} (a key)"
                 stack.append((f"{where}.{key}", item))
         elif isinstance(value, list):

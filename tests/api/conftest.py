@@ -27,11 +27,12 @@ LIMITS_ENV = {
     "TUFT_MAX_FWDBWD_TENSOR_ELEMENTS": "65536",
     "TUFT_MAX_BODY_BYTES": str(2 * 1024 * 1024),
 }
-# tenant -> its own admission overrides (None: no Quota row, the settings apply)
+# tenant -> its own quota (None: no Quota row, the settings apply)
 TENANTS: dict[str, dict[str, int] | None] = {
     "alice": None,
     "bob": None,
-    "fuzz": None,
+    # Bounds the real work the fuzzer's valid-looking requests can queue.
+    "fuzz": {"max_num_samples": 4, "max_fwdbwd_tokens": 256, "max_training_runs": 20, "max_sampling_sessions": 20},
     "roomy": {"max_num_samples": 200, "max_fwdbwd_tokens": 8192},
     "tight": {"max_num_samples": 2, "max_fwdbwd_tokens": 8},
 }

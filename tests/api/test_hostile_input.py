@@ -257,6 +257,8 @@ def test_bad_values_are_4xx(db_server: DbServer) -> None:
          httpx.post(f"{srv.url}/api/v1/create_session", json=meta, timeout=30,
                     headers={"X-API-Key": key, "X-Idempotency-Key": "k" * 101}), ("X-Idempotency-Key", "100")),
         ("NaN literal", post(srv, "create_session", key, content=b'{"tags": [], "sdk_version": NaN}'), ()),
+        ("lone surrogate (found by the fuzzer)",
+         post(srv, "session_heartbeat", key, content=b'{"session_id": "\\ud800"}'), ("surrogate",)),
         ("static path traversal", httpx.get(f"{srv.url}/static/%2e%2e/%2e%2e/etc/passwd", timeout=30), ()),
     ]
     for name, r, words in cases:
