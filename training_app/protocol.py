@@ -56,7 +56,9 @@ def count_tokens(msg: pb.ForwardBackwardRequest) -> int:
             if chunk.WhichOneof("chunk") == "encoded_text":
                 size = len(chunk.encoded_text.tokens)
                 if size % 4:
-                    raise BadRequest(f"datum {index}: encoded_text.tokens has {size} bytes, not a multiple of 4 (int32)")
+                    raise BadRequest(
+                        f"datum {index}: encoded_text.tokens has {size} bytes, not a multiple of 4 (int32)"
+                    )
                 total += size // 4
     return total
 

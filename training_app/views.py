@@ -110,11 +110,12 @@ class OptimStepView(TenantAPIView):
         run = actions.access_run(self.tenant, body.model_id)
 
         def validate() -> None:
-            # JSON's 1e999 arrives as infinity: the user's mistake, refused before the engine sees it.
-            params = body.optim_params
-            for name, value in params.model_dump().items() if isinstance(params, T.AdamParams) else ():
-                if isinstance(value, float) and not math.isfinite(value):
-                    raise BadRequest(f"adam_params.{name} must be a finite number, got {value}")
+            # JSON's 1e999 arrives as infinity: the user's mistake, refused here (the stored
+            # request would hold null instead, and the worker would fail as the server's fault).
+            if isinstance(body.optim_params, T.AdamParams):
+                for name, value in body.optim_params.model_dump().items():
+                    if not math.isfinite(value):
+                        raise BadRequest(f"adam_params.{name} must be a finite number, got {value}")
 
         op = actions.check_submit_run_op(
             self.tenant, run, Operation.Kind.OPTIM_STEP, _seq(body.seq_id), body.model_dump(mode="json", by_alias=True),
