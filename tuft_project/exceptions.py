@@ -108,11 +108,5 @@ def json_404(request: Any, exception: Exception | None = None) -> JsonResponse:
     return JsonResponse(error_body("not found", "not_found"), status=404)
 
 
-def json_400(request: Any, exception: Exception | None = None) -> JsonResponse:
-    """Django's own 400s (e.g. a too large body read outside DRF) as JSON, never HTML."""
-    return JsonResponse(error_body(f"bad request: {exception}" if exception else "bad request", "bad_request"),
-                        status=400)
-
-
 def json_500(request: Any) -> JsonResponse:
     return JsonResponse(error_body("internal server error", "server_error"), status=500)
