@@ -8,6 +8,8 @@ model (vocabulary, max_model_len) but not on the back end live here, once.
 
 from __future__ import annotations
 
+import math
+
 from engine.types import SampleSpec, UserInputError
 
 # Decode budget when a request leaves max_tokens unset (the SDK omits it when None).
@@ -56,8 +58,10 @@ def validate_sample_spec(spec: SampleSpec) -> None:
             raise UserInputError("target_prompt_logprobs cells must be token ids or -1")
     if spec.max_tokens is not None and spec.max_tokens < 1:
         raise UserInputError("max_tokens must be at least 1")
-    if spec.temperature < 0:
-        raise UserInputError("temperature must be >= 0")
+    if not (math.isfinite(spec.temperature) and spec.temperature >= 0):
+        raise UserInputError(f"temperature must be a finite number >= 0, got {spec.temperature}")
+    if spec.seed is not None and not -(2**63) <= spec.seed < 2**64:
+        raise UserInputError(f"seed must fit in 64 bits, got {spec.seed}")
     if not 0 < spec.top_p <= 1:
         raise UserInputError("top_p must be in (0, 1]")
     if spec.top_k == 0 or spec.top_k < -1:

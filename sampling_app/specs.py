@@ -6,7 +6,7 @@ from typing import Any
 
 from tinker import types as T
 
-from engine.sample_checks import validate_sample_spec
+from engine.sample_checks import MAX_LOGPROBS_K, validate_sample_spec
 from engine.types import SampleSpec, UserInputError
 
 
@@ -41,18 +41,19 @@ def sample_spec_from_request(body: T.SampleRequest) -> SampleSpec:
         topk_prompt_logprobs=body.topk_prompt_logprobs or 0,
         topk_sample_logprobs=body.topk_sample_logprobs or 0,
         prompt_logprobs_last_n=body.prompt_logprobs_last_n,
-        target_prompt_ids=target_ids_from_request(body.target_prompt_logprobs),
+        target_prompt_ids=target_ids_from_request(body.target_prompt_logprobs, len(prompt)),
         prompt_alt_tokens_k=body.prompt_alt_tokens_k or 0,
     )
     validate_sample_spec(spec)
     return spec
 
 
-def target_ids_from_request(td: Any) -> list[list[int]] | None:
+def target_ids_from_request(td: Any, prompt_len: int) -> list[list[int]] | None:
     """The dense ``[len(prompt) - 1, K]`` id matrix of ``target_prompt_logprobs`` (-1 = none).
 
     Accepts the SDK's dense or sparse CSR ``TensorData``; cells a CSR tensor
-    does not list are -1.
+    does not list are -1. The shape is checked before the matrix is built: a
+    sparse tensor's shape is the client's claim, not the size of its data.
     """
     if td is None:
         return None
@@ -62,6 +63,11 @@ def target_ids_from_request(td: Any) -> list[list[int]] | None:
     if len(shape) != 2 or min(shape) < 0:
         raise UserInputError(f"target_prompt_logprobs must be 2-D [len(prompt) - 1, K], got shape {shape}")
     rows, cols = shape
+    if rows != prompt_len - 1 or not 1 <= cols <= MAX_LOGPROBS_K:
+        raise UserInputError(
+            f"target_prompt_logprobs must have shape [len(prompt) - 1 = {prompt_len - 1}, K] with "
+            f"1 <= K <= {MAX_LOGPROBS_K}, got {shape}"
+        )
     data = [int(v) for v in td.data]
     if td.sparse_crow_indices is None and td.sparse_col_indices is None:
         if len(data) != rows * cols:

@@ -153,7 +153,7 @@ class TenantAdmin(admin.ModelAdmin):
 
 @admin.register(Quota)
 class QuotaAdmin(admin.ModelAdmin):
-    list_display = ["tenant", *Quota.LIMIT_FIELDS]
+    list_display = ["tenant", *Quota.LIMIT_FIELDS, *Quota.ADMISSION_FIELDS]
     search_fields = ["tenant__name"]
     list_select_related = ["tenant"]
 

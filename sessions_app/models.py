@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -121,6 +122,19 @@ class Quota(QuotaLimits):
     """A tenant's own limits. Tenants without a row follow ``DefaultQuota``."""
 
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="quota")
+    # Admission limits of single requests (sessions_app.admission). Unlike the limits
+    # above, empty means the server's default from settings, not unlimited.
+    max_num_samples = models.IntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="num_samples of one sample request; empty: the server default (TUFT_MAX_NUM_SAMPLES)",
+    )
+    max_fwdbwd_tokens = models.IntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Tokens of one forward/forward_backward request; empty: the server default "
+                  "(TUFT_MAX_FWDBWD_TOKENS)",
+    )
+
+    ADMISSION_FIELDS = ("max_num_samples", "max_fwdbwd_tokens")
 
     def __str__(self) -> str:
         return f"quota of {self.tenant}"

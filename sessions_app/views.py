@@ -11,6 +11,7 @@ from tinker import types as T
 from sessions_app import actions
 from sessions_app.api import TenantAPIView
 from sessions_app.models import ClientSession
+from tuft_project.input_checks import MAX_DB_INT, check_text
 from tuft_project.runtime import get_config
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,10 @@ CLIENT_CONFIG = {
 
 class ClientConfigView(TenantAPIView):
     def post(self, request):  # type: ignore[no-untyped-def]
-        return Response({**CLIENT_CONFIG, "fwdbwd_max_chunk_len": settings.TUFT_FWDBWD_MAX_CHUNK_LEN})
+        # Half the body limit: the SDK's byte count is an estimate of the protobuf size.
+        chunk_bytes = min(CLIENT_CONFIG["fwdbwd_max_chunk_bytes_count"], settings.TUFT_MAX_BODY_BYTES // 2)
+        return Response({**CLIENT_CONFIG, "fwdbwd_max_chunk_len": settings.TUFT_FWDBWD_MAX_CHUNK_LEN,
+                         "fwdbwd_max_chunk_bytes_count": chunk_bytes})
 
 
 class DynamicConfigView(TenantAPIView):
@@ -53,7 +57,13 @@ class CapabilitiesView(TenantAPIView):
 class CreateSessionView(TenantAPIView):
     def post(self, request):  # type: ignore[no-untyped-def]
         body = self.parse(T.CreateSessionRequest)
-        session = actions.do_create_session(self.tenant, body, request.headers.get("X-Idempotency-Key"))
+        idempotency_key = request.headers.get("X-Idempotency-Key")
+        # Within their ClientSession columns (PostgreSQL enforces the lengths, SQLite does not).
+        for name, column, value in (("display_name", "display_name", body.display_name),
+                                    ("sdk_version", "sdk_version", body.sdk_version),
+                                    ("X-Idempotency-Key", "idempotency_key", idempotency_key)):
+            check_text(name, value, ClientSession._meta.get_field(column).max_length)
+        session = actions.do_create_session(self.tenant, body, idempotency_key)
         return Response({"session_id": session.id, "type": "create_session"})
 
 
@@ -119,6 +129,7 @@ def _page(request) -> tuple[int, int]:  # type: ignore[no-untyped-def]
         offset = int(request.query_params.get("offset", 0))
     except ValueError:
         raise BadRequest("limit and offset must be integers") from None
-    if not 1 <= limit <= 1000 or offset < 0:
-        raise BadRequest("limit must be in 1..1000 and offset >= 0")
+    # The offset goes into SQL as an integer: beyond int64 the database driver fails.
+    if not 1 <= limit <= 1000 or not 0 <= offset <= MAX_DB_INT:
+        raise BadRequest(f"limit must be in 1..1000 and offset in 0..{MAX_DB_INT}")
     return limit, offset

@@ -135,7 +135,8 @@ def check_submit_run_op(
         with transaction.atomic():
             op = Operation.objects.create(
                 request_id=new_request_id(), tenant=tenant, kind=kind, training_run=run, seq_id=seq_id,
-                request=request, request_blob=blob,
+                # A refused body is not kept: it may be as large as the limit it broke.
+                request=request, request_blob=None if error else blob,
                 status=Operation.Status.FAILED if error else Operation.Status.PENDING,
                 error=error, error_category="user" if error else "",
                 finished_at=timezone.now() if error else None,

@@ -10,20 +10,22 @@ once, so answering immediately would make it spin.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 import pydantic
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
+from rest_framework.exceptions import ParseError
 from tinker import types as T
 
 from sessions_app.authentication import tenant_for_key
 from training_app.futures import completion_hub
 from training_app.models import Operation
 from tuft_project.exceptions import error_body
+from tuft_project.parsers import decode_json
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +51,11 @@ async def retrieve_future(request: HttpRequest) -> HttpResponse:
         return JsonResponse(error_body("invalid or missing API key", "not_authenticated"), status=401)
     tenant, _ = found
     try:
-        body = T.FutureRetrieveRequest.model_validate(json.loads(request.body or b"{}"))
+        body = T.FutureRetrieveRequest.model_validate(decode_json(request.body))
+    except RequestDataTooBig as exc:
+        return JsonResponse(error_body(f"request body too large: {exc}", "payload_too_large"), status=413)
+    except ParseError as exc:
+        return JsonResponse(error_body(f"invalid retrieve_future body: {exc.detail}", "invalid_request"), status=400)
     except (ValueError, pydantic.ValidationError) as exc:
         return JsonResponse(error_body(f"invalid retrieve_future body: {exc}", "invalid_request"), status=400)
     loop = asyncio.get_running_loop()

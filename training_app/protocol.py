@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from django.conf import settings
 from google.protobuf.message import DecodeError
 from tinker.proto import tinker_public_pb2 as pb
 
@@ -41,18 +42,42 @@ def parse_forward_backward(body: bytes) -> pb.ForwardBackwardRequest:
         raise BadRequest("ForwardBackwardRequest.model_id is required")
     if msg.seq_id < 1:
         raise BadRequest("ForwardBackwardRequest.seq_id must be >= 1")
+    # These strings are stored (the operation's request, its run lookup); PostgreSQL refuses NUL.
+    if any("\x00" in text for text in (msg.model_id, msg.loss_fn, *msg.loss_fn_config, *msg.loss_fn_config_v2)):
+        raise BadRequest("ForwardBackwardRequest strings must not contain NUL characters")
     return msg
+
+
+def count_tokens(msg: pb.ForwardBackwardRequest) -> int:
+    """Input tokens of every datum, counted from the byte lengths: nothing is decoded."""
+    total = 0
+    for index, datum in enumerate(msg.data):
+        for chunk in datum.model_input:
+            if chunk.WhichOneof("chunk") == "encoded_text":
+                size = len(chunk.encoded_text.tokens)
+                if size % 4:
+                    raise BadRequest(
+                        f"datum {index}: encoded_text.tokens has {size} bytes, not a multiple of 4 (int32)"
+                    )
+                total += size // 4
+    return total
 
 
 def decode_forward_backward(body: bytes) -> ForwardBackwardCall:
     """Decode and validate the wire request into engine data (raises BadRequest)."""
-    msg = parse_forward_backward(body)
+    return decode_forward_backward_message(parse_forward_backward(body))
+
+
+def decode_forward_backward_message(msg: pb.ForwardBackwardRequest) -> ForwardBackwardCall:
+    """``decode_forward_backward`` of an already parsed message."""
     config: dict[str, float | str] = {k: float(v) for k, v in msg.loss_fn_config.items()}
     for key, value in msg.loss_fn_config_v2.items():  # v2 wins: it also carries strings
         config[key] = value.text if value.WhichOneof("value") == "text" else float(value.number)
-    data = [_decode_datum(i, d) for i, d in enumerate(msg.data)]
-    if not data:
+    if not msg.data:
         raise BadRequest("forward_backward needs at least one datum")
+    count_tokens(msg)  # checks the token byte lengths
+    _check_tensor_sizes(msg)  # before any tensor is expanded or copied
+    data = [_decode_datum(i, d) for i, d in enumerate(msg.data)]
     return ForwardBackwardCall(
         model_id=msg.model_id,
         seq_id=msg.seq_id,
@@ -61,6 +86,36 @@ def decode_forward_backward(body: bytes) -> ForwardBackwardCall:
         forward_only=msg.forward_only,
         data=data,
     )
+
+
+def _tensor_elements(what: str, msg: pb.Tensor) -> int:
+    """Elements ``msg`` holds once dense, from its shape alone; refuse shapes no loss can use."""
+    shape = list(msg.shape)
+    if not shape and not msg.HasField("sparse_csr"):
+        itemsize = np.dtype(_NP_DTYPES.get(msg.dtype, np.float32)).itemsize
+        return len(msg.dense) // itemsize  # 1-D, its length given by the data itself
+    # Losses take [T] or [T, K] inputs (engine/losses.py).
+    if not 1 <= len(shape) <= 2 or any(d < 0 for d in shape):
+        raise BadRequest(f"{what}: shape {shape} is not [T] or [T, K] with non-negative sizes")
+    return math.prod(shape)
+
+
+def _check_tensor_sizes(msg: pb.ForwardBackwardRequest) -> None:
+    """Refuse a request whose tensors would expand past ``TUFT_MAX_FWDBWD_TENSOR_ELEMENTS``.
+
+    A sparse tensor's shape comes from the client, so a 100-byte request could
+    otherwise claim ``[1, 30000000]`` and be expanded into a dense array and a list.
+    """
+    limit = int(settings.TUFT_MAX_FWDBWD_TENSOR_ELEMENTS)
+    total = 0
+    for index, datum in enumerate(msg.data):
+        for name, tensor in datum.loss_fn_inputs.items():
+            total += _tensor_elements(f"datum {index} loss_fn_inputs[{name!r}]", tensor)
+    if total > limit:
+        raise BadRequest(
+            f"loss_fn_inputs of this request hold {total} elements (dense), over the server limit of {limit} "
+            "(TUFT_MAX_FWDBWD_TENSOR_ELEMENTS); send fewer data per request"
+        )
 
 
 def _decode_datum(index: int, datum: pb.Datum) -> Datum:
@@ -87,6 +142,8 @@ def _decode_tensor(what: str, msg: pb.Tensor) -> Tensor:
             col = np.frombuffer(msg.sparse_csr.col_indices, dtype=np.int64)
             if len(shape) != 2 or len(crow) != shape[0] + 1:
                 raise BadRequest(f"{what}: sparse tensors must be 2-D with len(crow_indices) = rows + 1")
+            if len(col) != len(values) or (len(col) and not ((col >= 0).all() and (col < shape[1]).all())):
+                raise BadRequest(f"{what}: col_indices must match values and lie in 0..{shape[1] - 1}")
             dense = np.zeros(shape, dtype=np_dtype)
             for row in range(shape[0]):
                 lo, hi = int(crow[row]), int(crow[row + 1])

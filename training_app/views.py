@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from tinker import types as T
 
 from engine.types import LoraSpec
 from sessions_app.actions import access_active_session
+from sessions_app.admission import check_fwdbwd_tokens
 from sessions_app.api import TenantAPIView
 from sessions_app.quotas import check_token_budget
 from training_app import actions, protocol
@@ -17,6 +18,8 @@ from training_app.checkpoint_paths import check_name
 from training_app.models import Operation
 from training_app.parsers import ProtobufParser
 from tuft_project.exceptions import BadRequest
+from tuft_project.input_checks import MAX_DB_INT, check_bigint, check_id_int
+from tuft_project.parsers import JSONBodyParser
 from tuft_project.runtime import get_config
 
 logger = logging.getLogger(__name__)
@@ -46,6 +49,10 @@ class CreateModelView(TenantAPIView):
     def post(self, request):  # type: ignore[no-untyped-def]
         body = self.parse(T.CreateModelRequest)
         body = body.model_copy(update={"base_model": canonical_model_name(body.base_model)})
+        check_id_int("model_seq_id", body.model_seq_id)
+        if body.lora_config is None:
+            raise BadRequest("create_model needs lora_config: this server trains LoRA adapters only")
+        check_bigint("lora_config.seed", body.lora_config.seed)
         session = access_active_session(self.tenant, body.session_id)
         op = actions.check_create_model(self.tenant, session, body, model_names())
         return future_response(op)
@@ -81,7 +88,7 @@ class GetInfoView(TenantAPIView):
 
 
 class ForwardBackwardView(TenantAPIView):
-    parser_classes = [ProtobufParser, JSONParser]
+    parser_classes = [ProtobufParser, JSONBodyParser]
 
     def post(self, request):  # type: ignore[no-untyped-def]
         blob = request.data
@@ -92,8 +99,11 @@ class ForwardBackwardView(TenantAPIView):
         kind = Operation.Kind.FORWARD if msg.forward_only else Operation.Kind.FORWARD_BACKWARD
 
         def validate() -> None:
-            call = protocol.decode_forward_backward(blob)
-            check_token_budget(self.tenant, "train", sum(len(d.tokens) for d in call.data))
+            # Admission: sizes first, from the message as sent, before any tensor is expanded.
+            tokens = protocol.count_tokens(msg)
+            check_fwdbwd_tokens(self.tenant, tokens)
+            protocol.decode_forward_backward_message(msg)
+            check_token_budget(self.tenant, "train", tokens)
 
         op = actions.check_submit_run_op(
             self.tenant, run, kind, msg.seq_id, {"loss_fn": msg.loss_fn, "num_data": len(msg.data)},
@@ -106,8 +116,18 @@ class OptimStepView(TenantAPIView):
     def post(self, request):  # type: ignore[no-untyped-def]
         body = self.parse(T.OptimStepRequest)
         run = actions.access_run(self.tenant, body.model_id)
+
+        def validate() -> None:
+            # JSON's 1e999 arrives as infinity: the user's mistake, refused here (the stored
+            # request would hold null instead, and the worker would fail as the server's fault).
+            if isinstance(body.optim_params, T.AdamParams):
+                for name, value in body.optim_params.model_dump().items():
+                    if not math.isfinite(value):
+                        raise BadRequest(f"adam_params.{name} must be a finite number, got {value}")
+
         op = actions.check_submit_run_op(
-            self.tenant, run, Operation.Kind.OPTIM_STEP, _seq(body.seq_id), body.model_dump(mode="json", by_alias=True)
+            self.tenant, run, Operation.Kind.OPTIM_STEP, _seq(body.seq_id), body.model_dump(mode="json", by_alias=True),
+            validate=validate,
         )
         return future_response(op)
 
@@ -134,6 +154,7 @@ class SaveWeightsForSamplerView(TenantAPIView):
         run = actions.access_run(self.tenant, body.model_id)
 
         def validate() -> None:
+            check_id_int("sampling_session_seq_id", body.sampling_session_seq_id)
             if body.path:
                 check_name(body.path)
             check_ttl(body.ttl_seconds)
@@ -181,12 +202,13 @@ class LoadWeightsView(TenantAPIView):
         else:  # create_training_client_from_state*: a new run created by the load
             if body.session_id is None or body.model_seq_id is None:
                 raise BadRequest("load_weights needs model_id, or session_id and model_seq_id")
+            check_id_int("model_seq_id", body.model_seq_id)
             session = access_active_session(self.tenant, body.session_id)
             op = actions.check_create_run_from_checkpoint(self.tenant, session, body)
         return future_response(op)
 
 
 def _seq(seq_id: int | None) -> int:
-    if seq_id is None or seq_id < 1:
-        raise BadRequest("seq_id must be a positive integer")
+    if seq_id is None or not 1 <= seq_id <= MAX_DB_INT:
+        raise BadRequest(f"seq_id must be an integer in 1..{MAX_DB_INT}")
     return seq_id

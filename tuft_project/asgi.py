@@ -15,12 +15,12 @@ django_http = get_asgi_application()  # sets Django up before the imports below
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import SessionMiddlewareStack  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from dashboard_app.routing import SameOriginValidator, websocket_urlpatterns  # noqa: E402
+from tuft_project.static_files import StaticFilesHandler  # noqa: E402
 
 application = ProtocolTypeRouter({
-    "http": ASGIStaticFilesHandler(django_http),
+    "http": StaticFilesHandler(django_http),
     "websocket": SameOriginValidator(SessionMiddlewareStack(URLRouter(websocket_urlpatterns))),
 })
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import pydantic
 from django.core.exceptions import DisallowedHost
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.db import DataError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
@@ -81,6 +83,19 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return Response({"detail": "invalid request body", "code": "invalid_request", "errors": errors}, status=400)
     if isinstance(exc, Http404):
         return Response(error_body("not found", "not_found"), status=404)
+    if isinstance(exc, RequestDataTooBig):
+        return Response(error_body(f"request body too large: {exc}", "payload_too_large"), status=413)
+    if isinstance(exc, SuspiciousOperation):
+        # Django's request guards, e.g. more than DATA_UPLOAD_MAX_NUMBER_FIELDS query parameters.
+        return Response(error_body(f"bad request: {exc}", "bad_request"), status=400)
+    if isinstance(exc, DataError):
+        # The database refused a value (too long for its column, out of its integer
+        # range, NUL in text on PostgreSQL). The views check the values they know
+        # of (tuft_project.input_checks); this keeps any other one a client error.
+        logger.warning("database refused a value in %s: %s", context.get("view"), exc)
+        first_line = (str(exc).splitlines() or ["invalid value"])[0]
+        return Response(error_body(f"a value in the request cannot be stored: {first_line}", "invalid_input"),
+                        status=400)
     response = exception_handler(exc, context)
     if response is not None:
         if isinstance(exc, drf_exceptions.APIException):

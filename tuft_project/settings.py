@@ -43,6 +43,16 @@ TUFT_FWDBWD_MAX_CHUNK_LEN = int(os.environ.get("TUFT_FWDBWD_MAX_CHUNK_LEN", "256
 TUFT_OPERATION_RETENTION_DAYS = float(os.environ.get("TUFT_OPERATION_RETENTION_DAYS", "7"))
 # Lifetime of the signed download URLs of external_weights checkpoints.
 TUFT_DOWNLOAD_URL_TTL_S = int(os.environ.get("TUFT_DOWNLOAD_URL_TTL_S", "3600"))
+# Admission limits (docs/api.md "Limits"): every request's cost is bounded before
+# anything is allocated or queued. The first two can be overridden per tenant in
+# its Quota (sessions_app.admission); the others are hard limits of the server.
+TUFT_MAX_NUM_SAMPLES = int(os.environ.get("TUFT_MAX_NUM_SAMPLES", "128"))
+TUFT_MAX_FWDBWD_TOKENS = int(os.environ.get("TUFT_MAX_FWDBWD_TOKENS", "131072"))
+# Elements of all loss_fn_inputs tensors of one forward_backward (as sent: a sparse
+# tensor counts its full dense shape, which is what it would be expanded to).
+TUFT_MAX_FWDBWD_TENSOR_ELEMENTS = int(os.environ.get("TUFT_MAX_FWDBWD_TENSOR_ELEMENTS", str(4 * 1024 * 1024)))
+# Largest request body, before and after zstd decompression (413 beyond it).
+TUFT_MAX_BODY_BYTES = int(os.environ.get("TUFT_MAX_BODY_BYTES", str(64 * 1024 * 1024)))
 REDIS_URL = os.environ.get("REDIS_URL", "")
 # Longest an OpenAI-compatible request (/oai/api/v1) waits for its samples before answering 504.
 TUFT_OAI_TIMEOUT_S = float(os.environ.get("TUFT_OAI_TIMEOUT_S", "600"))
@@ -197,12 +207,12 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = TUFT_HOME / "static"
 STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").exists() else []
-DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024 * 1024  # forward_backward batches can be large
+DATA_UPLOAD_MAX_MEMORY_SIZE = TUFT_MAX_BODY_BYTES  # Django's own check (request.body)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["sessions_app.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["sessions_app.permissions.IsTenant"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser", "training_app.parsers.ProtobufParser"],
+    "DEFAULT_PARSER_CLASSES": ["tuft_project.parsers.JSONBodyParser", "training_app.parsers.ProtobufParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "tuft_project.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
