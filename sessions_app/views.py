@@ -12,6 +12,7 @@ from tinker import types as T
 from sessions_app import actions
 from sessions_app.api import TenantAPIView
 from sessions_app.models import ClientSession
+from training_app.dispatch_registry import get_dispatcher
 from tuft_project.runtime import get_config
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ class HealthView(TenantAPIView):
     authentication_classes: list = []
 
     def get(self, request):  # type: ignore[no-untyped-def]
+        # A dispatcher whose worker lane died serves nothing: say so (503) to load balancers.
+        healthy = getattr(get_dispatcher(), "healthy", None)
+        if callable(healthy) and not healthy():
+            return Response({"status": "unhealthy", "detail": "a worker lane is not running"}, status=503)
         return Response({"status": "ok"})
 
 

@@ -44,6 +44,20 @@ def parse_forward_backward(body: bytes) -> pb.ForwardBackwardRequest:
     return msg
 
 
+def count_tokens(body: bytes) -> int:
+    """Input tokens of a ForwardBackwardRequest body, without decoding the tensors (0 if malformed).
+
+    The scheduler's batch budget uses it; validation happens in ``decode_forward_backward``.
+    """
+    msg = pb.ForwardBackwardRequest()
+    try:
+        msg.ParseFromString(body)
+    except DecodeError:
+        return 0
+    # encoded_text tokens are int32, 4 bytes each (see _decode_datum).
+    return sum(len(chunk.encoded_text.tokens) // 4 for datum in msg.data for chunk in datum.model_input)
+
+
 def decode_forward_backward(body: bytes) -> ForwardBackwardCall:
     """Decode and validate the wire request into engine data (raises BadRequest)."""
     msg = parse_forward_backward(body)
