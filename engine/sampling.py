@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from engine import checkpoints
 from engine.model_host import ModelHost
@@ -91,12 +92,19 @@ class HFSampler:
         generator = torch.Generator(device=host.device)
         generator.manual_seed(spec.seed if spec.seed is not None else int(torch.randint(0, 2**62, ()).item()))
 
-        with host.use(adapter) as model, torch.no_grad():
-            return self._decode(model, spec, max_tokens, stop_seqs, generator)
+        with torch.no_grad():
+            return self._decode(adapter, spec, max_tokens, stop_seqs, generator)
+
+    def _forward(self, adapter: str | None, **inputs: object) -> CausalLMOutputWithPast:
+        # NOTE(sched): the model lock is held per forward call, not per request: between
+        # two decode steps a training step (another lane) can run, so one long decode
+        # never holds the shared model for its whole length.
+        with self.host.use(adapter) as model:
+            return model(**inputs)
 
     def _decode(
         self,
-        model: torch.nn.Module,
+        adapter: str | None,
         spec: SampleSpec,
         max_tokens: int,
         stop_seqs: list[list[int]],
@@ -105,7 +113,7 @@ class HFSampler:
         host = self.host
         n = spec.num_samples
         prompt = torch.tensor([spec.prompt], dtype=torch.long, device=host.device)
-        out = model(input_ids=prompt, use_cache=True)
+        out = self._forward(adapter, input_ids=prompt, use_cache=True)
         scored = _score_prompt(out.logits[0, :-1].float(), prompt[0, 1:], spec, generator)
         cache = out.past_key_values
         if n > 1:
@@ -135,8 +143,8 @@ class HFSampler:
             if all(done):
                 break
             attention = torch.cat([attention, torch.ones(n, 1, dtype=torch.long, device=host.device)], dim=1)
-            out = model(input_ids=next_tokens.unsqueeze(-1), past_key_values=cache,
-                        attention_mask=attention, use_cache=True)
+            out = self._forward(adapter, input_ids=next_tokens.unsqueeze(-1), past_key_values=cache,
+                                attention_mask=attention, use_cache=True)
             cache = out.past_key_values
             logits = out.logits[:, -1].float()
 
