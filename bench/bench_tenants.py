@@ -167,8 +167,12 @@ def main() -> None:
         home = Path(tmp)
         model_dir = build_tiny_model(home / "model", SIZES[args.size])
         data = make_data(args.batch, args.seq, SIZES[args.size].vocab_size, seed=0)
-        figures = {mode: run_mode(mode, home, model_dir, args.tenants, data, args.steps, args.repeats)
-                   for mode in args.modes}
+        figures = {}
+        for mode in args.modes:
+            figures[mode] = run_mode(mode, home, model_dir, args.tenants, data, args.steps, args.repeats)
+            # As each mode ends: on a busy machine a long run may be cut short.
+            print(f"{mode}: " + ", ".join(f"{n} tenants {figures[mode][f'tput{n}']:.2f} steps/s"
+                                          for n in args.tenants), flush=True)
 
     ref = args.modes[0]
     print(f"model {args.size}; batch {args.batch}x{args.seq}; {args.steps} timed steps per tenant; one worker; "
