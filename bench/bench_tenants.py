@@ -1,12 +1,16 @@
 """Concurrent tenants through one worker: embedded vs Redis (RQ) dispatch.
 
-    python bench/bench_tenants.py [--tenants 1 2 4] [--steps 6] [--batch 4] [--seq 64] [--size small]
+    python bench/bench_tenants.py [--tenants 1 4 8] [--steps 6] [--batch 4] [--seq 64] [--size small]
+                                  [--modes embedded unbatched redis]
 
 For each mode it starts real processes: embedded = one `tuft` server (worker
-threads inside); redis = one `tuft` API server plus ONE `manage.py tuft_worker`
-(persistence mode redis_url, so every optim_step also writes its automatic
-checkpoint), on the local Redis (127.0.0.1:6379, a namespace of its own) and
-PostgreSQL if it answers (else SQLite). Then:
+threads inside; the scheduler batches ready forward_backwards of several runs
+into one engine call); unbatched = the same with ``TUFT_TRAIN_BATCH_MAX=1`` (one
+operation per engine call, as before the scheduler batched); redis = one `tuft`
+API server plus ONE `manage.py tuft_worker` (persistence mode redis_url, so every
+optim_step also writes its automatic checkpoint), on the local Redis
+(127.0.0.1:6379, a namespace of its own) and PostgreSQL if it answers (else
+SQLite). Then:
 
 * throughput: N tenants at once, each with its own LoRA run, each doing
   ``--steps`` forward_backward + optim_step steps through the unmodified SDK;
@@ -113,9 +117,12 @@ def run_mode(mode: str, home: Path, model_dir: Path, tenants: list[int], data: l
 
     n_keys = max(tenants)
     database_url = postgres_database()  # the same kind of database for both modes
-    if mode == "embedded":
-        server = start_server(home / "embedded", write_models_yaml(home / "models.yaml", model_dir, 4096),
-                              extra_env={"DATABASE_URL": database_url} if database_url else None)
+    if mode in ("embedded", "unbatched"):
+        env = {"DATABASE_URL": database_url} if database_url else {}
+        if mode == "unbatched":
+            env["TUFT_TRAIN_BATCH_MAX"] = "1"
+        server = start_server(home / mode, write_models_yaml(home / "models.yaml", model_dir, 4096),
+                              extra_env=env or None)
         url, stop = server.url, server.stop
         keys = [server.create_tenant(f"t{i}") for i in range(n_keys)]
     else:
@@ -140,7 +147,9 @@ def run_mode(mode: str, home: Path, model_dir: Path, tenants: list[int], data: l
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tenants", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--tenants", type=int, nargs="+", default=[1, 4, 8])
+    p.add_argument("--modes", nargs="+", default=["embedded", "unbatched", "redis"],
+                   choices=["embedded", "unbatched", "redis"], help="the first one is the reference")
     p.add_argument("--steps", type=int, default=6, help="timed steps per tenant")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=64)
@@ -158,24 +167,30 @@ def main() -> None:
         home = Path(tmp)
         model_dir = build_tiny_model(home / "model", SIZES[args.size])
         data = make_data(args.batch, args.seq, SIZES[args.size].vocab_size, seed=0)
-        figures = {mode: run_mode(mode, home, model_dir, args.tenants, data, args.steps, args.repeats)
-                   for mode in ("embedded", "redis")}
+        figures = {}
+        for mode in args.modes:
+            figures[mode] = run_mode(mode, home, model_dir, args.tenants, data, args.steps, args.repeats)
+            # As each mode ends: on a busy machine a long run may be cut short.
+            print(f"{mode}: " + ", ".join(f"{n} tenants {figures[mode][f'tput{n}']:.2f} steps/s"
+                                          for n in args.tenants), flush=True)
 
-    emb, red = figures["embedded"], figures["redis"]
+    ref = args.modes[0]
     print(f"model {args.size}; batch {args.batch}x{args.seq}; {args.steps} timed steps per tenant; one worker; "
-          f"database {emb['database']}; load average before: {load:.2f}")
-    print(f"{'tenants':>8} {'embedded steps/s':>17} {'redis steps/s':>14} {'redis/embedded':>15}")
+          f"database {figures[ref]['database']}; load average before: {load:.2f}")
+    print(f"{'tenants':>8} " + " ".join(f"{m + ' steps/s':>18}" for m in args.modes)
+          + "".join(f" {m + '/' + ref:>20}" for m in args.modes[1:]))
     for n in args.tenants:
-        e, r = emb[f"tput{n}"], red[f"tput{n}"]
-        print(f"{n:>8} {e:>17.2f} {r:>14.2f} {r / e:>14.2f}x")
+        values = [figures[m][f"tput{n}"] for m in args.modes]
+        print(f"{n:>8} " + " ".join(f"{v:>18.2f}" for v in values)
+              + "".join(f" {v / values[0]:>19.2f}x" for v in values[1:]))
     for n in args.tenants[1:]:
-        print(f"scaling {args.tenants[0]}->{n} tenants: embedded {emb[f'tput{n}'] / emb[f'tput{args.tenants[0]}']:.2f}x,"
-              f" redis {red[f'tput{n}'] / red[f'tput{args.tenants[0]}']:.2f}x")
-    print(f"{'median latency':>15} {'embedded':>9} {'redis':>9} {'added':>9} {'ratio':>7}   (max: embedded, redis)")
+        first = args.tenants[0]
+        print(f"scaling {first}->{n} tenants: " + ", ".join(
+            f"{m} {figures[m][f'tput{n}'] / figures[m][f'tput{first}']:.2f}x" for m in args.modes))
+    print(f"{'median latency':>15} " + " ".join(f"{m:>10}" for m in args.modes) + "   (max)")
     for op in ("forward", "optim_step"):
-        e, r = emb["latency"][op], red["latency"][op]
-        print(f"{op:>15} {e:>9.4f} {r:>9.4f} {r - e:>+9.4f} {r / e:>6.2f}x   "
-              f"({emb['latency'][op + ':max']:.3f}, {red['latency'][op + ':max']:.3f})")
+        print(f"{op:>15} " + " ".join(f"{figures[m]['latency'][op]:>10.4f}" for m in args.modes)
+              + "   (" + ", ".join(f"{figures[m]['latency'][op + ':max']:.3f}" for m in args.modes) + ")")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from peft import PeftModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from engine import checkpoints
 from engine.model_host import ModelHost
@@ -136,6 +138,7 @@ class HFSampler:
         self.host = host
         self.adapters = SamplerAdapterCache(host)
         self.pad_token_id = host.tokenizer.pad_token_id or 0
+        self._busy = threading.Lock()
 
     def close(self) -> None:
         """Nothing to stop: the model belongs to the host."""
@@ -157,15 +160,20 @@ class HFSampler:
             except EngineError as exc:
                 outcomes[slot] = exc
         for group in self._groups(jobs):
-            with self.host.lock:  # adapters stay loaded until the group is decoded
+            # One group at a time (the adapter cache must not evict a name a group still
+            # uses). The host lock is taken per forward call only (NOTE(sched)): between
+            # two decode steps a training step of another lane can run, so a long decode
+            # never holds the shared model for its whole length.
+            with self._busy:
                 ready = []
-                for job in group:
-                    try:
-                        if job.adapter_dir is not None:
-                            job.adapter = self.adapters.adapter_for(job.adapter_dir)
-                        ready.append(job)
-                    except EngineError as exc:
-                        outcomes[job.slot] = exc
+                with self.host.lock:
+                    for job in group:
+                        try:
+                            if job.adapter_dir is not None:
+                                job.adapter = self.adapters.adapter_for(job.adapter_dir)
+                            ready.append(job)
+                        except EngineError as exc:
+                            outcomes[job.slot] = exc
                 if ready:
                     self._decode(ready)
                     for job in ready:
@@ -225,10 +233,11 @@ class HFSampler:
         for i, job in enumerate(jobs):
             ids[i, width - len(job.spec.prompt):] = torch.tensor(job.spec.prompt, device=device)
             mask[i, width - len(job.spec.prompt):] = 1
-        model, extra = self._model_and_names([j.adapter for j in jobs])
         keep_all = any(_scores_prompt(j.spec) for j in jobs)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                    use_cache=True, logits_to_keep=0 if keep_all else 1, **extra)
+        with self.host.lock:
+            model, extra = self._model_and_names([j.adapter for j in jobs])
+            out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                        use_cache=True, logits_to_keep=0 if keep_all else 1, **extra)
         for i, job in enumerate(jobs):
             if _scores_prompt(job.spec):
                 p = len(job.spec.prompt)
@@ -262,10 +271,11 @@ class HFSampler:
                     job.first_row, first = first, first + job.spec.num_samples
             positions = mask.sum(-1, keepdim=True)  # the next token's position in each row
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            model, extra = self._model_and_names(
-                [j.adapter for j in live for _ in range(j.spec.num_samples)])
-            out = model(input_ids=next_tokens.unsqueeze(-1), past_key_values=cache, attention_mask=mask,
-                        position_ids=positions, use_cache=True, **extra)
+            with self.host.lock:
+                model, extra = self._model_and_names(
+                    [j.adapter for j in live for _ in range(j.spec.num_samples)])
+                out = model(input_ids=next_tokens.unsqueeze(-1), past_key_values=cache, attention_mask=mask,
+                            position_ids=positions, use_cache=True, **extra)
             cache = out.past_key_values
             logits = out.logits[:, -1].float()
 

@@ -16,7 +16,7 @@ from typing import Callable
 from django.db import connection
 
 from training_app import queues
-from training_app.dispatch_registry import is_distributed
+from training_app.dispatch_registry import get_dispatcher, is_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,11 @@ def check_workers() -> CheckResult:
     if alive is None:
         return CheckResult("workers", False, "cannot list workers (redis unreachable)")
     if not is_distributed():
-        ok = alive == len(EMBEDDED_LANE_THREADS)
-        return CheckResult("workers", ok, f"{alive} of {len(EMBEDDED_LANE_THREADS)} embedded lanes alive")
+        # The dispatcher knows its own lane threads (a lane catches every error, so a
+        # dead one is a bug worth a restart: never report "ok" with training dead).
+        if not get_dispatcher().healthy():  # type: ignore[attr-defined]
+            return CheckResult("workers", False, "an embedded worker lane is not running")
+        return CheckResult("workers", True, f"{alive} of {len(EMBEDDED_LANE_THREADS)} embedded lanes alive")
     return CheckResult("workers", alive > 0, f"{alive} tuft_worker processes alive")
 
 

@@ -11,12 +11,12 @@ import numpy as np
 from tinker import types as T
 from tinker.proto import tinker_public_pb2 as pb
 
-from engine.types import SampleResult, UserInputError
+from engine.types import SampleRequest, SampleResult, SampleSpec, UserInputError
 from sampling_app.actions import checkpoint_still_readable
 from sampling_app.specs import sample_spec_from_request
 from training_app import protocol
 from training_app.checkpoint_paths import absolute
-from training_app.jobs import Outcome, handles
+from training_app.jobs import BatchHandler, Outcome, handles_batch
 from training_app.models import Operation
 
 if TYPE_CHECKING:  # importing the engine loads torch: keep it out of views and manage.py
@@ -25,8 +25,8 @@ if TYPE_CHECKING:  # importing the engine loads torch: keep it out of views and 
 logger = logging.getLogger(__name__)
 
 
-@handles(Operation.Kind.SAMPLE)
-def _sample(engine: Engine, op: Operation) -> Outcome:
+def _sample_request(engine: Engine, op: Operation) -> tuple[SampleRequest, tuple[T.SampleRequest, SampleSpec]]:
+    """The engine request of a sample operation, and what encoding its result needs."""
     sampler = op.sampling_session
     assert sampler is not None
     body = T.SampleRequest.model_validate(op.request)
@@ -42,13 +42,25 @@ def _sample(engine: Engine, op: Operation) -> Outcome:
         if sampler.checkpoint is None or not checkpoint_still_readable(sampler):
             raise UserInputError(
                 f"checkpoint {sampler.model_path} is no longer available (unpublished, deleted or expired)")
-        adapter_dir = absolute(sampler.checkpoint.storage_path)
-    result = engine.sample(sampler.base_model, adapter_dir, spec)
+        adapter_dir = str(absolute(sampler.checkpoint.storage_path))
+    return SampleRequest(sampler.base_model, adapter_dir, spec), (body, spec)
+
+
+def _sample_outcome(op: Operation, context: tuple[T.SampleRequest, SampleSpec], result: SampleResult) -> Outcome:
+    body, spec = context
     blob = protocol.encode_sample_response(result, spec.topk_prompt_logprobs, spec.topk_sample_logprobs)
     blob = _add_prompt_extras(blob, result, body.target_prompt_logprobs)
     sampled = sum(len(s.tokens) for s in result.sequences)
     return Outcome(blob=blob, num_tokens=len(spec.prompt) + sampled,
                    prefill_tokens=len(spec.prompt), sampled_tokens=sampled)
+
+
+# Queued sample requests (of any tenants and adapters) go to the engine together.
+handles_batch(Operation.Kind.SAMPLE, BatchHandler(
+    prepare=_sample_request,
+    run=lambda engine, requests: engine.sample_many(requests),
+    finish=_sample_outcome,
+))
 
 
 def _add_prompt_extras(blob: bytes, result: SampleResult, target_request: T.TensorData | None) -> bytes:

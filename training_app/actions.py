@@ -17,7 +17,8 @@ from django.utils import timezone
 
 from engine.types import UserInputError
 from sessions_app.models import ClientSession, Tenant
-from training_app import dispatch_registry
+from dispatch.scheduler import Work
+from training_app import dispatch_registry, protocol
 from training_app.checkpoint_paths import TinkerPath, parse_tinker_path
 from training_app.models import Checkpoint, Operation, TrainingRun
 from tuft_project.exceptions import ApiError, NotFound
@@ -64,13 +65,33 @@ def access_readable_checkpoint(tenant: Tenant, tinker_path: str) -> Checkpoint:
 
 def _enqueue_on_commit(op: Operation, run: TrainingRun | None) -> None:
     request_id = op.request_id
+    work = scheduling_work(op, run)
     if run is not None:
         run_id, seq_id, next_seq = run.id, int(op.seq_id or 0), run.next_seq_id
         transaction.on_commit(
-            lambda: dispatch_registry.get_dispatcher().submit_training(request_id, run_id, seq_id, next_seq)
+            lambda: dispatch_registry.get_dispatcher().submit_training(request_id, run_id, seq_id, next_seq, work)
         )
     else:
-        transaction.on_commit(lambda: dispatch_registry.get_dispatcher().submit_sampling(request_id))
+        transaction.on_commit(lambda: dispatch_registry.get_dispatcher().submit_sampling(request_id, work))
+
+
+# Operations that the engine can run for several runs in one pass (dispatch.scheduler batches them).
+BATCHABLE_KINDS = frozenset({Operation.Kind.FORWARD_BACKWARD, Operation.Kind.FORWARD, Operation.Kind.SAMPLE})
+
+
+def scheduling_work(op: Operation, run: TrainingRun | None) -> Work:
+    """What the scheduler needs to know of ``op``: tenant, base model, token cost, batchability."""
+    if run is not None:
+        cost = protocol.count_body_tokens(bytes(op.request_blob)) if op.request_blob and not op.is_done else 0
+        return Work(op.request_id, tenant=str(op.tenant_id), model=run.base_model, run_id=run.id,
+                    seq_id=int(op.seq_id or 0), cost=cost,
+                    batchable=op.kind in BATCHABLE_KINDS and not op.is_done)
+    sampler = op.sampling_session
+    request = op.request or {}
+    params = request.get("sampling_params") or {}
+    prompt = sum(len(c.get("tokens") or []) for c in (request.get("prompt") or {}).get("chunks") or [])
+    cost = prompt + int(params.get("max_tokens") or 0) * int(request.get("num_samples") or 1)
+    return Work(op.request_id, tenant=str(op.tenant_id), model=sampler.base_model if sampler else "", cost=cost)
 
 
 def check_lora_config(base_model: str, rank: int, train_attn: bool, train_mlp: bool, train_unembed: bool) -> None:

@@ -8,11 +8,16 @@ Two back ends behind one interface (``submit_training`` / ``submit_sampling``):
   ``persistence: {mode: redis_url}`` is set (docs/distributed.md); it keeps the same
   ordering rules, read from the database, in ``training_app.workers``.
 
-Ordering rule: an operation of a training run executes only after every
-operation with a smaller ``seq_id`` of that run has finished, even when the
-requests arrive out of order (the SDK sends chunk 1 of a batch last). A seq id
-that never arrives would block its run forever, so after ``gap_timeout_s`` the
-dispatcher skips it (logged): a client bug must not hang every later future.
+Both use the Django-free core in ``dispatch/``: ``RunOrdering`` (an operation
+of a run starts only after every smaller ``seq_id`` of that run finished; a seq
+that never arrives is skipped after ``TUFT_SEQ_GAP_TIMEOUT_S``) and
+``FairScheduler`` (round-robin by tenant; ready forward/forward_backward
+operations of different runs, and sample requests, go to the engine together
+under a token budget).
+
+A lane thread never dies: whatever goes wrong in a scheduling pass or an
+execution is logged and the lane goes on serving. ``healthy()`` (``/healthz``)
+says whether both lanes are alive all the same.
 """
 
 from __future__ import annotations
@@ -21,140 +26,176 @@ import logging
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from django.conf import settings
 
+from dispatch.ordering import RunOrdering
+from dispatch.scheduler import FairScheduler, Work
+
 logger = logging.getLogger(__name__)
 
-
-_RELEASE = "release:"  # marks a queue entry that frees a run instead of executing an operation
+# Re-exported: the ordering rule's one implementation lives in dispatch.ordering.
+__all__ = ["Dispatcher", "EmbeddedDispatcher", "LaneLimits", "RunOrdering", "Work"]
 
 
 class Dispatcher(Protocol):
-    def submit_training(self, request_id: str, run_id: str, seq_id: int, next_seq_id: int) -> None: ...
+    def submit_training(self, request_id: str, run_id: str, seq_id: int, next_seq_id: int,
+                        work: Work | None = None) -> None: ...
 
-    def submit_sampling(self, request_id: str) -> None: ...
+    def submit_sampling(self, request_id: str, work: Work | None = None) -> None: ...
 
     def release_run(self, run_id: str) -> None: ...
 
 
-class RunOrdering:
-    """Per-run seq_id bookkeeping: which operations may run now.
+class Executor(Protocol):
+    """What the lanes call (``training_app.jobs.EngineExecutor``); each records its outcomes."""
 
-    Not thread-safe on its own; the dispatcher calls it under its lock.
-    """
+    def execute(self, request_id: str) -> None: ...
 
-    def __init__(self, gap_timeout_s: float) -> None:
-        self.gap_timeout_s = gap_timeout_s
-        self.pending: dict[str, dict[int, str]] = {}  # run -> seq -> request_id
-        self.next_seq: dict[str, int] = {}
-        self.in_flight: set[str] = set()
-        self.waiting_since: dict[str, float] = {}
+    def execute_batch(self, request_ids: list[str]) -> None: ...
 
-    def add(self, run_id: str, seq_id: int, request_id: str, next_seq_id: int) -> None:
-        self.next_seq.setdefault(run_id, next_seq_id)
-        self.pending.setdefault(run_id, {})[seq_id] = request_id
+    def release_run(self, run_id: str) -> None: ...
 
-    def pop_ready(self, now: float) -> list[tuple[str, str, int]]:
-        """(request_id, run_id, seq_id) of operations that may start now (one per run)."""
-        ready = []
-        for run_id, queue in list(self.pending.items()):
-            if run_id in self.in_flight or not queue:
-                continue
-            seq = self.next_seq[run_id]
-            if seq not in queue:
-                lowest = min(queue)
-                if lowest < seq:  # arrived after its gap was skipped: run it next
-                    seq = lowest
-                else:
-                    since = self.waiting_since.setdefault(run_id, now)
-                    if now - since < self.gap_timeout_s:
-                        continue
-                    logger.warning("run %s: seq %d never arrived in %.0fs; skipping to %d",
-                                   run_id, seq, self.gap_timeout_s, lowest)
-                    seq = self.next_seq[run_id] = lowest
-            self.waiting_since.pop(run_id, None)
-            ready.append((queue.pop(seq), run_id, seq))
-            self.in_flight.add(run_id)
-            if not queue:
-                del self.pending[run_id]
-        return ready
 
-    def done(self, run_id: str, seq_id: int) -> None:
-        self.in_flight.discard(run_id)
-        self.next_seq[run_id] = max(self.next_seq.get(run_id, 0), seq_id + 1)
+@dataclass(frozen=True)
+class LaneLimits:
+    """How much work one engine call may take (settings ``TUFT_TRAIN_BATCH_*``, ``TUFT_SAMPLE_BATCH_*``)."""
 
-    def forget(self, run_id: str) -> None:
-        self.next_seq.pop(run_id, None)
-        self.waiting_since.pop(run_id, None)
+    gap_timeout_s: float = 60.0
+    train_batch_tokens: int = 8192
+    train_batch_max: int = 16
+    sample_batch_tokens: int = 8192
+    sample_batch_max: int = 4
+
+    @classmethod
+    def from_settings(cls) -> LaneLimits:
+        return cls(
+            gap_timeout_s=float(getattr(settings, "TUFT_SEQ_GAP_TIMEOUT_S", cls.gap_timeout_s)),
+            train_batch_tokens=int(getattr(settings, "TUFT_TRAIN_BATCH_TOKENS", cls.train_batch_tokens)),
+            train_batch_max=int(getattr(settings, "TUFT_TRAIN_BATCH_MAX", cls.train_batch_max)),
+            sample_batch_tokens=int(getattr(settings, "TUFT_SAMPLE_BATCH_TOKENS", cls.sample_batch_tokens)),
+            sample_batch_max=int(getattr(settings, "TUFT_SAMPLE_BATCH_MAX", cls.sample_batch_max)),
+        )
 
 
 class EmbeddedDispatcher:
     """Worker threads in this process: no external service needed."""
 
-    def __init__(self, execute: Callable[[str], None], release: Callable[[str], None]) -> None:
-        # execute(request_id) runs one operation to completion and records its outcome;
-        # release(run_id) frees a run's adapter. Both run on the training lane only.
-        self._execute = execute
-        self._release = release
+    def __init__(self, executor: Executor, limits: LaneLimits | None = None) -> None:
+        self._executor = executor
+        self._limits = limits or LaneLimits.from_settings()
         self._cond = threading.Condition()
-        self._ordering = RunOrdering(float(getattr(settings, "TUFT_SEQ_GAP_TIMEOUT_S", 60.0)))
-        # Entries are (request_id, run_id, seq_id); run and seq are None for sampling.
-        self._train_ready: deque[tuple[str, str | None, int | None]] = deque()
-        self._sample_ready: deque[tuple[str, str | None, int | None]] = deque()
+        self._ordering: RunOrdering[Work] = RunOrdering(self._limits.gap_timeout_s)
+        self._train = FairScheduler()
+        self._sample = FairScheduler()
+        # Work of released runs, to fail (in seq order), then the releases themselves:
+        # the training lane takes both before anything else, in that order.
+        self._dropped: deque[Work] = deque()
+        self._releases: deque[str] = deque()
         self._threads = [
-            threading.Thread(target=self._loop, args=(self._train_ready, True), name="tuft-train", daemon=True),
-            threading.Thread(target=self._loop, args=(self._sample_ready, False), name="tuft-sample", daemon=True),
+            threading.Thread(target=self._serve, args=(self._train_once, "training"), name="tuft-train",
+                             daemon=True),
+            threading.Thread(target=self._serve, args=(self._sample_once, "sampling"), name="tuft-sample",
+                             daemon=True),
         ]
         for t in self._threads:
             t.start()
 
-    def submit_training(self, request_id: str, run_id: str, seq_id: int, next_seq_id: int) -> None:
+    # -- the Dispatcher interface (called on request threads, after commit) ----------
+
+    def submit_training(self, request_id: str, run_id: str, seq_id: int, next_seq_id: int,
+                        work: Work | None = None) -> None:
+        work = work or Work(request_id, tenant="", run_id=run_id, seq_id=seq_id, batchable=False)
         with self._cond:
-            self._ordering.add(run_id, seq_id, request_id, next_seq_id)
+            self._ordering.add(run_id, seq_id, work, next_seq_id)
             self._promote()
 
-    def submit_sampling(self, request_id: str) -> None:
+    def submit_sampling(self, request_id: str, work: Work | None = None) -> None:
         with self._cond:
-            self._sample_ready.append((request_id, None, None))
+            self._sample.add(work or Work(request_id, tenant=""))
             self._cond.notify_all()
 
     def release_run(self, run_id: str) -> None:
+        """Free the run's adapter; its queued operations fail ("released"), never linger."""
         with self._cond:
-            self._ordering.forget(run_id)
-            self._train_ready.append((_RELEASE + run_id, None, None))
+            dropped = self._ordering.forget(run_id) + self._train.remove_run(run_id)
+            dropped.sort(key=lambda w: w.seq_id or 0)
+            if dropped:
+                logger.info("run %s released with %d queued operation(s); failing them", run_id, len(dropped))
+            self._dropped.extend(dropped)
+            self._releases.append(run_id)
             self._cond.notify_all()
+
+    # -- observability --------------------------------------------------------------
 
     def queue_depth(self) -> dict[str, int]:
         with self._cond:
-            waiting = sum(len(q) for q in self._ordering.pending.values())
-            return {"train": len(self._train_ready) + waiting, "sample": len(self._sample_ready)}
+            train = len(self._train) + self._ordering.waiting() + len(self._dropped)
+            return {"train": train, "sample": len(self._sample)}
+
+    def healthy(self) -> bool:
+        """Both lanes alive (they catch everything, so False means a bug worth a restart)."""
+        return all(t.is_alive() for t in self._threads)
+
+    # -- the lanes ------------------------------------------------------------------
+
+    def _serve(self, once: Callable[[], None], lane: str) -> None:
+        """Run a lane forever: an unexpected error is logged and the lane carries on."""
+        while True:
+            try:
+                once()
+            except Exception:
+                logger.exception("%s lane: unexpected error; the lane keeps serving", lane)
+                # Not a tight loop if the same error recurs at once (e.g. a database outage).
+                time.sleep(0.5)
 
     def _promote(self) -> None:
+        """Move operations whose turn came (per-run seq order) to the training scheduler."""
         ready = self._ordering.pop_ready(time.monotonic())
-        self._train_ready.extend(ready)
+        for work, _, _ in ready:
+            self._train.add(work)
         if ready:
             self._cond.notify_all()
 
-    def _loop(self, queue: deque[tuple[str, str | None, int | None]], ordered: bool) -> None:
-        while True:
+    def _train_once(self) -> None:
+        with self._cond:
+            while not (self._dropped or self._releases or len(self._train)):
+                # Wake up now and then to apply the seq-gap timeout.
+                self._cond.wait(timeout=1.0)
+                self._promote()
+            release = None
+            if self._dropped:
+                batch = [self._dropped.popleft()]
+            elif self._releases:
+                batch, release = [], self._releases.popleft()
+            else:
+                limits = self._limits
+                batch = self._train.next_batch(limits.train_batch_tokens, limits.train_batch_max)
+        try:
+            if release is not None:
+                self._executor.release_run(release)
+            else:
+                self._run(batch)
+        finally:
             with self._cond:
-                while not queue:
-                    # Wake up now and then to apply the seq-gap timeout.
-                    self._cond.wait(timeout=1.0)
-                    if ordered:
-                        self._promote()
-                request_id, run_id, seq_id = queue.popleft()
-            try:
-                if request_id.startswith(_RELEASE):
-                    self._release(request_id[len(_RELEASE):])
-                else:
-                    self._execute(request_id)
-            except Exception:  # the executor records failures itself; never kill the lane
-                logger.exception("operation %s crashed the executor", request_id)
-            finally:
-                if run_id is not None and seq_id is not None:
-                    with self._cond:
-                        self._ordering.done(run_id, seq_id)
-                        self._promote()
+                for work in batch:
+                    if work.run_id is not None and work.seq_id is not None:
+                        self._ordering.done(work.run_id, work.seq_id)
+                self._promote()
+
+    def _sample_once(self) -> None:
+        with self._cond:
+            while not len(self._sample):
+                self._cond.wait()
+            limits = self._limits
+            batch = self._sample.next_batch(limits.sample_batch_tokens, limits.sample_batch_max)
+        self._run(batch)
+
+    def _run(self, batch: list[Work]) -> None:
+        # The executor records every outcome itself, failures included.
+        if len(batch) == 1:
+            self._executor.execute(batch[0].request_id)
+        elif batch:
+            self._executor.execute_batch([w.request_id for w in batch])

@@ -45,4 +45,4 @@ def _build() -> Dispatcher:
 
     executor = EngineExecutor()
     logger.info("using the embedded worker (no REDIS_URL or persistence.redis_url)")
-    return EmbeddedDispatcher(executor.execute, executor.release_run)
+    return EmbeddedDispatcher(executor)

@@ -7,20 +7,22 @@ Rules (docs/distributed.md explains the design):
   in the database, on the database's clock). A live worker renews its leases
   every few seconds; a SIGKILLed worker's lease runs out and another worker
   takes the run over.
-* **Automatic internal checkpoints.** After every operation that changes a
-  run's weights or optimizer (create_model, load_weights, optim_step) the
+* **Automatic internal checkpoints.** After create_model and load_weights, and
+  after every ``TUFT_STATE_CHECKPOINT_EVERY``-th optim_step (default 4), the
   worker writes adapter + optimizer state to
   ``TUFT_CHECKPOINT_DIR/_internal/{tenant}/{run}/seq-{seq}`` and records that
   seq in ``TrainingRun.state_seq`` in the same transaction that completes the
-  operation. A step is therefore applied fully (checkpoint + result + next seq
-  committed together) or not at all (the next worker resumes from the previous
-  checkpoint and runs the step again). These are never user checkpoints: they
-  have no Checkpoint row, no tinker:// path, and count against no quota.
+  operation. These are never user checkpoints: they have no Checkpoint row, no
+  tinker:// path, and count against no quota.
 * **Restore and replay.** A worker whose memory does not hold the run as of the
   operation's seq (it never saw the run, or another worker ran some of its
   operations, or it restarted) loads the latest automatic checkpoint and
-  re-runs the completed forward_backward operations after it, which rebuilds
-  the gradients accumulated since the last optim_step. Replay records nothing.
+  re-runs the completed forward_backward and optim_step operations after it,
+  in seq order, from their recorded requests: that rebuilds the weights, the
+  optimizer state and the gradients accumulated since. Replay records nothing.
+  So a completed step is never lost, whether or not a checkpoint followed it:
+  an operation's result and next seq are committed together, and a step
+  interrupted before that commit is run again by the next worker.
 * **Fencing.** An outcome is committed only if the worker still holds the run's
   lease and the operation is still its own; otherwise nothing is recorded
   (``Superseded``) and the worker forgets its copy of the run.
@@ -50,9 +52,11 @@ if TYPE_CHECKING:  # importing the engine loads torch: keep it out of views and 
 
 logger = logging.getLogger(__name__)
 
-# Operations whose success changes a run's weights or optimizer state: each is
-# followed by an automatic checkpoint.
+# Operations whose success changes a run's weights or optimizer state: each may be
+# followed by an automatic checkpoint (see checkpoint_due).
 STATE_KINDS = frozenset({Operation.Kind.CREATE_MODEL, Operation.Kind.LOAD_WEIGHTS, Operation.Kind.OPTIM_STEP})
+# Operations that restore() re-runs after the automatic checkpoint, in seq order.
+REPLAYED_KINDS = (Operation.Kind.FORWARD_BACKWARD, Operation.Kind.OPTIM_STEP)
 # An operation whose worker died this many times fails instead of being retried
 # again (it may be what kills workers, e.g. out of memory).
 MAX_ATTEMPTS = 3
@@ -134,14 +138,40 @@ def restore(engine: Engine, run: TrainingRun, upto_seq: int) -> int:
     engine.load(run.id, run.base_model, directory, with_optimizer=True)
     replay = list(
         Operation.objects.filter(
-            training_run=run, kind=Operation.Kind.FORWARD_BACKWARD, status=Operation.Status.COMPLETED,
+            training_run=run, kind__in=REPLAYED_KINDS, status=Operation.Status.COMPLETED,
             seq_id__gt=run.state_seq, seq_id__lt=upto_seq,
-        ).select_related("training_run").order_by("seq_id")
+        ).select_related("training_run", "tenant").order_by("seq_id")
     )
-    for op in replay:  # rebuild accumulated gradients; the recorded results stay as they are
+    # Rebuild weights, optimizer state and accumulated gradients; the recorded results stay as they are.
+    for op in replay:
         HANDLERS[op.kind](engine, op)
-    logger.info("run %s restored from seq %d, replayed %d forward_backward op(s)", run.id, run.state_seq, len(replay))
+    logger.info("run %s restored from seq %d, replayed %d forward_backward/optim_step op(s)",
+                run.id, run.state_seq, len(replay))
     return len(replay)
+
+
+def checkpoint_every() -> int:
+    """Write the automatic checkpoint after every this many optim_steps (>= 1)."""
+    return max(1, int(os.environ.get("TUFT_STATE_CHECKPOINT_EVERY", "4")))
+
+
+def checkpoint_due(op: Operation) -> bool:
+    """Whether ``op``, about to complete, is followed by an automatic checkpoint.
+
+    create_model and load_weights always are (nothing to replay from before
+    them); an optim_step when it is the ``checkpoint_every()``-th since the last
+    one. Fewer checkpoints mean a cheaper step and a longer replay on hand-off.
+    """
+    run = op.training_run
+    if run is None or op.kind not in STATE_KINDS:
+        return False
+    if op.kind != Operation.Kind.OPTIM_STEP or run.state_seq is None:
+        return True
+    since = Operation.objects.filter(
+        training_run=run, kind=Operation.Kind.OPTIM_STEP, status=Operation.Status.COMPLETED,
+        seq_id__gt=run.state_seq, seq_id__lt=op.seq_id,
+    ).count()
+    return since + 1 >= checkpoint_every()
 
 
 # -- the executor hooks ------------------------------------------------------------
@@ -173,6 +203,8 @@ class HandoffHooks(ExecutionHooks):
         self.worker = worker
         self.lease_s = lease_s
         self.local = local
+        # Operations whose automatic checkpoint persist() wrote; guard() records their seq.
+        self._checkpointed: set[str] = set()
 
     def claim(self, op: Operation) -> bool:
         claimed = Operation.objects.filter(pk=op.pk, status=Operation.Status.PENDING).update(
@@ -201,10 +233,13 @@ class HandoffHooks(ExecutionHooks):
     def persist(self, engine: Engine, op: Operation) -> None:
         _failpoint(op)
         run = op.training_run
-        if run is not None and op.kind in STATE_KINDS and op.seq_id is not None:
+        if run is not None and op.seq_id is not None and checkpoint_due(op):
             engine.save(run.id, state_checkpoint(run, op.seq_id), with_optimizer=True, overwrite=True)
+            self._checkpointed.add(op.request_id)
 
     def guard(self, op: Operation, succeeded: bool) -> None:
+        checkpointed = op.request_id in self._checkpointed
+        self._checkpointed.discard(op.request_id)
         mine = Operation.objects.select_for_update().filter(
             pk=op.pk, status=Operation.Status.RUNNING, worker=self.worker
         ).exists()
@@ -215,7 +250,7 @@ class HandoffHooks(ExecutionHooks):
         held = TrainingRun.objects.select_for_update().filter(pk=op.training_run_id, lease_owner=self.worker).exists()
         if not held:
             raise Superseded(f"worker {self.worker} lost the lease of run {op.training_run_id}")
-        if succeeded and op.kind in STATE_KINDS:
+        if succeeded and checkpointed:
             TrainingRun.objects.filter(pk=op.training_run_id).update(state_seq=op.seq_id)
 
 

@@ -4,6 +4,13 @@
 job) runs for one operation. Handlers are registered per operation kind with
 ``@handles``; sampling_app registers its own. The executor owns the process's
 ``Engine``, created on first use.
+
+``EngineExecutor.execute_batch(request_ids)`` runs several operations with one
+engine call: kinds registered with ``handles_batch`` (forward, forward_backward,
+sample) say how to turn an operation into the engine's request, which batch
+entry point takes them (``Engine.forward_backward_many``, ``Engine.sample_many``)
+and how to turn each result into the operation's outcome. Every operation of a
+batch is claimed, failed or completed on its own, exactly as ``execute`` would.
 """
 
 from __future__ import annotations
@@ -18,7 +25,14 @@ from django.db import close_old_connections, transaction
 from django.utils import timezone
 from tinker import types as T
 
-from engine.types import AdamSpec, EngineError, ForwardBackwardSpec, LoraSpec, UserInputError
+from engine.types import (
+    AdamSpec,
+    EngineError,
+    ForwardBackwardResult,
+    ForwardBackwardSpec,
+    LoraSpec,
+    UserInputError,
+)
 from monitoring_app.log_context import bind_tenant, log_context
 from training_app import protocol
 from training_app.checkpoint_paths import TinkerPath, absolute, check_name, storage_relpath
@@ -54,6 +68,39 @@ def handles(kind: str) -> Callable[[Handler], Handler]:
         return fn
 
     return deco
+
+
+@dataclass(frozen=True)
+class BatchHandler:
+    """How operations of a kind run together in one engine call.
+
+    ``prepare(engine, op)`` returns ``(engine request, context)`` and raises for
+    bad input (that operation alone fails); ``run(engine, requests)`` is the
+    batch entry point, one result or ``EngineError`` per request, in order;
+    ``finish(op, context, result)`` builds the operation's ``Outcome``.
+    Handlers with the same ``run`` can share a batch.
+    """
+
+    prepare: Callable[["Engine", Operation], tuple[Any, Any]]
+    run: Callable[["Engine", list[Any]], list[Any]]
+    finish: Callable[[Operation, Any, Any], Outcome]
+
+    def single(self, engine: Engine, op: Operation) -> Outcome:
+        """The one-operation handler: a batch of one."""
+        request, context = self.prepare(engine, op)
+        result = self.run(engine, [request])[0]
+        if isinstance(result, Exception):
+            raise result
+        return self.finish(op, context, result)
+
+
+BATCH_HANDLERS: dict[str, BatchHandler] = {}
+
+
+def handles_batch(kind: str, handler: BatchHandler) -> None:
+    """Register ``handler`` for ``kind``, for batches and (as a batch of one) for ``execute``."""
+    BATCH_HANDLERS[kind] = handler
+    HANDLERS[kind] = handler.single
 
 
 class OutcomeRejected(Exception):
@@ -145,17 +192,108 @@ class EngineExecutor:
             self.hooks.prepare(self.engine, op)
             outcome = HANDLERS[op.kind](self.engine, op)
             self.hooks.persist(self.engine, op)
-        except EngineError as exc:
-            _finish(op, error=str(exc), category="user" if exc.user else "server", guard=guard)
-        except ApiError as exc:  # e.g. a checkpoint that is not (or no longer) accessible
-            _finish(op, error=exc.detail, category="user", guard=guard)
         except OutcomeRejected:
             raise
         except Exception as exc:
-            logger.exception("operation %s (%s) of tenant %s failed", op.request_id, op.kind, op.tenant_id)
-            _finish(op, error=f"internal error: {type(exc).__name__}: {exc}", category="server", guard=guard)
+            self._record_failure(op, exc)
         else:
             _finish(op, outcome=outcome, guard=guard)
+
+    def _record_failure(self, op: Operation, exc: Exception) -> None:
+        """Fail ``op`` with what ``exc`` says: whose fault, and why."""
+        guard = self.hooks.guard
+        if isinstance(exc, EngineError):
+            _finish(op, error=str(exc), category="user" if exc.user else "server", guard=guard)
+        elif isinstance(exc, ApiError):  # e.g. a checkpoint that is not (or no longer) accessible
+            _finish(op, error=exc.detail, category="user", guard=guard)
+        else:
+            logger.error("operation %s (%s) of tenant %s failed", op.request_id, op.kind, op.tenant_id,
+                         exc_info=exc)
+            _finish(op, error=f"internal error: {type(exc).__name__}: {exc}", category="server", guard=guard)
+
+    # -- batches ----------------------------------------------------------------
+
+    def execute_batch(self, request_ids: list[str]) -> None:
+        """Run the operations with one engine call and record each outcome on its own.
+
+        The operations must share a batch entry point (the scheduler only groups
+        forward/forward_backward, or samples); any other goes through ``execute``.
+        A bad request fails alone; the others still run.
+        """
+        close_old_connections()
+        try:
+            ops = Operation.objects.select_related("training_run", "sampling_session", "tenant").in_bulk(request_ids)
+            handler: BatchHandler | None = None
+            prepared: list[tuple[Operation, Any, Any]] = []
+            for request_id in request_ids:
+                op = ops.get(request_id)
+                kind_handler = BATCH_HANDLERS.get(op.kind) if op is not None else None
+                if op is None or kind_handler is None or (handler is not None and kind_handler.run != handler.run):
+                    self.execute(request_id)
+                    continue
+                entry = self._prepare_batched(op, kind_handler)
+                if entry is not None:
+                    handler = kind_handler
+                    prepared.append(entry)
+            if handler is not None and prepared:
+                self._run_batched(handler, prepared)
+        finally:
+            close_old_connections()
+
+    def _prepare_batched(self, op: Operation, handler: BatchHandler) -> tuple[Operation, Any, Any] | None:
+        """Claim and prepare one operation of a batch; None when it is settled or not ours."""
+        if op.is_done:  # failed at submission: only its place in the order remains
+            _advance_run(op)
+            _count_refused(op)
+            completion_hub.notify(op.request_id)
+            return None
+        if not self.hooks.claim(op):
+            return None
+        try:
+            self.hooks.prepare(self.engine, op)
+            request, context = handler.prepare(self.engine, op)
+        except OutcomeRejected:
+            logger.warning("operation %s is no longer this worker's; not recorded", op.request_id)
+            return None
+        except Exception as exc:
+            self._settle(op, lambda: self._record_failure(op, exc))
+            return None
+        return op, request, context
+
+    def _run_batched(self, handler: BatchHandler, prepared: list[tuple[Operation, Any, Any]]) -> None:
+        try:
+            results = handler.run(self.engine, [request for _, request, _ in prepared])
+            if len(results) != len(prepared):
+                raise RuntimeError(f"engine returned {len(results)} outcomes for {len(prepared)} requests")
+        except Exception as exc:  # the whole call failed: so did each of its operations
+            logger.exception("batch of %d operation(s) failed as a whole", len(prepared))
+            results = [exc] * len(prepared)
+        for (op, _, context), result in zip(prepared, results):
+            self._settle(op, lambda: self._complete_batched(handler, op, context, result))
+
+    def _complete_batched(self, handler: BatchHandler, op: Operation, context: Any, result: Any) -> None:
+        try:
+            if isinstance(result, Exception):
+                raise result
+            outcome = handler.finish(op, context, result)
+            self.hooks.persist(self.engine, op)
+        except OutcomeRejected:
+            raise
+        except Exception as exc:
+            self._record_failure(op, exc)
+        else:
+            _finish(op, outcome=outcome, guard=self.hooks.guard)
+
+    def _settle(self, op: Operation, record: Callable[[], None]) -> None:
+        """Record one operation's outcome; never leave it running if recording fails."""
+        try:
+            record()
+        except OutcomeRejected:
+            logger.warning("operation %s is no longer this worker's; not recorded", op.request_id)
+        except Exception:
+            logger.exception("could not record the outcome of operation %s", op.request_id)
+            _finish(op, error="internal error while recording the result", category="server",
+                    guard=self.hooks.guard)
 
     def release_run(self, run_id: str) -> None:
         if self._engine is not None:
@@ -228,7 +366,8 @@ def _create_model(engine: Engine, op: Operation) -> Outcome:
     return Outcome(result={"model_id": run.id, "type": "create_model"})
 
 
-def _forward_backward(engine: Engine, op: Operation) -> Outcome:
+def _forward_backward_spec(engine: Engine, op: Operation) -> tuple[ForwardBackwardSpec, int]:
+    """The engine request of a forward(_backward) operation, and its token count."""
     run = op.training_run
     assert run is not None and op.request_blob is not None
     call = protocol.decode_forward_backward(bytes(op.request_blob))
@@ -236,13 +375,21 @@ def _forward_backward(engine: Engine, op: Operation) -> Outcome:
         run_id=run.id, data=call.data, loss_fn=call.loss_fn,
         loss_fn_config=call.loss_fn_config, forward_only=call.forward_only,
     )
-    result = engine.forward_backward([spec])[0]
-    tokens = sum(len(d.tokens) for d in call.data)
+    return spec, sum(len(d.tokens) for d in call.data)
+
+
+def _forward_backward_outcome(op: Operation, tokens: int, result: ForwardBackwardResult) -> Outcome:
     return Outcome(blob=protocol.encode_forward_backward_output(result), num_tokens=tokens, metrics=result.metrics)
 
 
-handles(Operation.Kind.FORWARD_BACKWARD)(_forward_backward)
-handles(Operation.Kind.FORWARD)(_forward_backward)
+# Ready forward/forward_backward operations of different runs share one engine pass.
+FORWARD_BACKWARD = BatchHandler(
+    prepare=_forward_backward_spec,
+    run=lambda engine, specs: engine.forward_backward_many(specs),
+    finish=_forward_backward_outcome,
+)
+handles_batch(Operation.Kind.FORWARD_BACKWARD, FORWARD_BACKWARD)
+handles_batch(Operation.Kind.FORWARD, FORWARD_BACKWARD)
 
 
 @handles(Operation.Kind.OPTIM_STEP)

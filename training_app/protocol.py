@@ -63,6 +63,19 @@ def count_tokens(msg: pb.ForwardBackwardRequest) -> int:
     return total
 
 
+def count_body_tokens(body: bytes) -> int:
+    """Input tokens of a ForwardBackwardRequest body, without decoding the tensors (0 if malformed).
+
+    The scheduler's batch budget uses it; validation happens in ``decode_forward_backward``.
+    """
+    msg = pb.ForwardBackwardRequest()
+    try:
+        msg.ParseFromString(body)
+        return count_tokens(msg)
+    except (DecodeError, BadRequest):
+        return 0
+
+
 def decode_forward_backward(body: bytes) -> ForwardBackwardCall:
     """Decode and validate the wire request into engine data (raises BadRequest)."""
     return decode_forward_backward_message(parse_forward_backward(body))

@@ -22,6 +22,7 @@ import time
 
 import redis
 
+from dispatch.scheduler import Work
 from training_app import queues
 from training_app.futures import completion_hub
 
@@ -39,14 +40,15 @@ class RQDispatcher:
                     backend.sample_queue, _redacted(backend.redis_url),
                     "redis_url" if backend.persistent else "disabled")
 
-    def submit_training(self, request_id: str, run_id: str, seq_id: int, next_seq_id: int) -> None:
+    def submit_training(self, request_id: str, run_id: str, seq_id: int, next_seq_id: int,
+                        work: Work | None = None) -> None:
         try:
             queues.enqueue_drain(run_id)
         except redis.RedisError as exc:
             logger.warning("could not queue %s of run %s (%s); it stays pending until Redis is back",
                            request_id, run_id, exc)
 
-    def submit_sampling(self, request_id: str) -> None:
+    def submit_sampling(self, request_id: str, work: Work | None = None) -> None:
         try:
             queues.enqueue_sample(request_id)
         except redis.RedisError as exc:

@@ -21,6 +21,7 @@ import threading
 import time
 
 import redis
+from django.conf import settings
 from django.db import close_old_connections, connection as db_connection
 from django.db.models import Q
 from django.db.models.functions import Now
@@ -28,7 +29,9 @@ from django.utils import timezone
 from rq.timeouts import BaseDeathPenalty
 from rq.worker import SimpleWorker
 
+from dispatch.scheduler import FairScheduler
 from training_app import queues
+from training_app.actions import scheduling_work
 from training_app.handoff import (
     MAX_ATTEMPTS,
     WORKER_DIED,
@@ -122,8 +125,13 @@ class WorkerRuntime:
     def drain(self, run_id: str) -> None:
         """Execute the run's ready operations in seq order while holding its lease.
 
-        After letting the lease go it looks once more: an operation that arrived
-        while it held the lease had its drain job skip (lease busy), so this
+        The worker also takes the leases of other runs of the same base model
+        that have work waiting (companions, see ``_companions``) and batches
+        their ready forward/forward_backward operations with this run's, picked
+        round-robin by tenant (``dispatch.scheduler``), as the embedded lanes do.
+
+        After letting the leases go it looks once more: an operation that arrived
+        while it held a lease had its drain job skip (lease busy), so this
         worker must not leave it behind.
         """
         try:
@@ -133,21 +141,73 @@ class WorkerRuntime:
         while True:
             if not acquire_run(run_id, self.name, self.backend.lease_s):
                 return  # another worker drains it and re-checks when it lets go
+            held = [run_id, *self._companions(run_id)]
             try:
-                self._set_owner(run_id)
-                self._drain_held(run_id)
+                for held_id in held:
+                    self._set_owner(held_id)
+                self._drain_held(held)
             except Superseded as exc:
                 logger.warning("%s; forgetting this worker's copy of the run", exc)
                 self._evict(run_id)
                 return
             finally:
-                release_run_lease(run_id, self.name)
+                for held_id in held:
+                    release_run_lease(held_id, self.name)
+            for companion in held[1:]:
+                self._queue_if_pending(companion)
             run = TrainingRun.objects.filter(pk=run_id).first()
             if run is None or self._next_op(run) is None:
                 return
             if self.stopping:
                 self._hand_over(run_id)
                 return
+
+    def _companions(self, run_id: str) -> list[str]:
+        """Other runs of ``run_id``'s base model with work waiting, whose leases this worker took.
+
+        Only runs whose state is here, or on no live worker, are taken: pulling a
+        run away from the live worker holding it would cost a restore there and here.
+        """
+        limit = int(getattr(settings, "TUFT_TRAIN_BATCH_MAX", 16)) - 1
+        model = TrainingRun.objects.filter(pk=run_id).values_list("base_model", flat=True).first()
+        if limit <= 0 or model is None:
+            return []
+        candidates = (
+            TrainingRun.objects.filter(base_model=model, released=False, operations__status=Operation.Status.PENDING)
+            .exclude(pk=run_id)
+            .filter(Q(lease_owner="") | Q(lease_owner=self.name) | Q(lease_expires_at__lt=Now()))
+            .values_list("id", flat=True).distinct()[: 4 * limit]
+        )
+        taken: list[str] = []
+        for other in candidates:
+            if len(taken) >= limit:
+                break
+            if self._state_elsewhere(other) or not acquire_run(other, self.name, self.backend.lease_s):
+                continue
+            taken.append(other)
+        return taken
+
+    def _state_elsewhere(self, run_id: str) -> bool:
+        """The run's state is in the memory of another live worker."""
+        if run_id in self.local.next_seq:
+            return False
+        try:
+            owner = queues.connection().get(self.backend.key("owner", run_id))
+            return owner is not None and owner.decode() != self.name and queues.is_alive(self.backend, owner.decode())
+        except redis.RedisError:
+            return True  # cannot tell: leave it to its own drain job
+
+    def _queue_if_pending(self, run_id: str) -> None:
+        """A companion may have been skipped by its own drain job while this worker held it."""
+        run = TrainingRun.objects.filter(pk=run_id).first()
+        if run is None or self._next_op(run) is None:
+            return
+        try:
+            if self.stopping:
+                queues.connection().delete(self.backend.key("owner", run_id))
+            queues.enqueue_drain(run_id, force=self.stopping)
+        except redis.RedisError:
+            pass  # the reaper queues it
 
     def sample(self, request_id: str) -> None:
         try:
@@ -171,23 +231,63 @@ class WorkerRuntime:
         except redis.RedisError:  # only an affinity hint
             pass
 
-    def _drain_held(self, run_id: str) -> None:
-        while True:
-            if self.stopping:  # warm shutdown: finish the current op only (drain hands the rest over)
+    def _drain_held(self, held: list[str]) -> None:
+        """Run the held runs' ready operations, a batch at a time, until none is ready.
+
+        ``held[0]`` is the run this drain job is for: losing its lease raises
+        ``Superseded``; a companion whose lease is lost is just dropped.
+        """
+        order = list(held)  # the runs in their turn; served ones go to the back
+        while not self.stopping:  # warm shutdown: finish the current batch only (drain hands the rest over)
+            ready: list[Operation] = []
+            for run_id in list(order):
+                # Extend the lease before each operation; never act on a run another worker took.
+                if not acquire_run(run_id, self.name, self.backend.lease_s):
+                    if run_id == held[0]:
+                        raise Superseded(f"worker {self.name} lost the lease of run {run_id}")
+                    order.remove(run_id)
+                    self._evict(run_id)
+                    continue
+                run = TrainingRun.objects.filter(pk=run_id).first()
+                op = self._next_op(run) if run is not None else None
+                if op is None:
+                    continue
+                if op.status == Operation.Status.RUNNING and not self._take_over(op):
+                    continue  # failed after too many attempts: its run's next op is looked at next round
+                ready.append(op)
+            if not ready:
                 return
-            # Extend the lease before each operation; never act on a run another worker took.
-            if not acquire_run(run_id, self.name, self.backend.lease_s):
-                raise Superseded(f"worker {self.name} lost the lease of run {run_id}")
-            run = TrainingRun.objects.filter(pk=run_id).first()
-            if run is None:
-                return
-            op = self._next_op(run)
-            if op is None:
-                return
-            if op.status == Operation.Status.RUNNING and not self._take_over(op):
-                continue
-            with self.lock:
-                self.executor.execute(op.request_id)
+            batch = self._pick(ready)
+            self._execute(batch, primary=held[0])
+            served = {op.training_run_id for op in batch}
+            order = [r for r in order if r not in served] + [r for r in order if r in served]
+
+    def _pick(self, ready: list[Operation]) -> list[Operation]:
+        """What runs next: round-robin by tenant, ready forward_backwards of several runs together."""
+        scheduler = FairScheduler()
+        by_id = {op.request_id: op for op in ready}
+        for op in ready:
+            run = op.training_run
+            assert run is not None
+            scheduler.add(scheduling_work(op, run))
+        batch = scheduler.next_batch(int(getattr(settings, "TUFT_TRAIN_BATCH_TOKENS", 8192)),
+                                     int(getattr(settings, "TUFT_TRAIN_BATCH_MAX", 16)))
+        return [by_id[work.request_id] for work in batch]
+
+    def _execute(self, batch: list[Operation], primary: str) -> None:
+        with self.lock:
+            if len(batch) > 1:
+                logger.debug("worker %s: one pass for %d operations of runs %s", self.name, len(batch),
+                             ", ".join(str(op.training_run_id) for op in batch))
+                self.executor.execute_batch([op.request_id for op in batch])  # records each outcome
+            else:
+                try:
+                    self.executor.execute(batch[0].request_id)
+                except Superseded:
+                    if batch[0].training_run_id == primary:
+                        raise
+                    logger.warning("worker %s lost companion run %s", self.name, batch[0].training_run_id)
+        for op in batch:
             self._after(op)
 
     def _next_op(self, run: TrainingRun) -> Operation | None:
@@ -237,6 +337,9 @@ class WorkerRuntime:
         if done is None:
             return
         status, category = done
+        if status in UNFINISHED:  # not recorded by this worker (it lost the run): its copy may be stale
+            self._evict(run_id)
+            return
         changes_state = op.kind in (Operation.Kind.FORWARD_BACKWARD, Operation.Kind.CREATE_MODEL,
                                     Operation.Kind.LOAD_WEIGHTS, Operation.Kind.OPTIM_STEP)
         if status == Operation.Status.FAILED and changes_state and category != "user":

@@ -41,6 +41,16 @@ TUFT_FWDBWD_MAX_CHUNK_LEN = int(os.environ.get("TUFT_FWDBWD_MAX_CHUNK_LEN", "256
 # Finished operations (futures, with their request and result) are deleted after
 # this many days by housekeeping (training_app.retention); 0 keeps them forever.
 TUFT_OPERATION_RETENTION_DAYS = float(os.environ.get("TUFT_OPERATION_RETENTION_DAYS", "7"))
+# Scheduling (training_app.dispatch, dispatch.scheduler): a seq_id that never arrives is
+# skipped after this long; ready forward/forward_backward operations of different runs run
+# as one engine pass of at most TUFT_TRAIN_BATCH_TOKENS input tokens and TUFT_TRAIN_BATCH_MAX
+# operations; queued sample requests go to the sampler in batches of at most
+# TUFT_SAMPLE_BATCH_MAX requests / TUFT_SAMPLE_BATCH_TOKENS (prompt + max new) tokens.
+TUFT_SEQ_GAP_TIMEOUT_S = float(os.environ.get("TUFT_SEQ_GAP_TIMEOUT_S", "60"))
+TUFT_TRAIN_BATCH_TOKENS = int(os.environ.get("TUFT_TRAIN_BATCH_TOKENS", "8192"))
+TUFT_TRAIN_BATCH_MAX = int(os.environ.get("TUFT_TRAIN_BATCH_MAX", "16"))
+TUFT_SAMPLE_BATCH_TOKENS = int(os.environ.get("TUFT_SAMPLE_BATCH_TOKENS", "8192"))
+TUFT_SAMPLE_BATCH_MAX = int(os.environ.get("TUFT_SAMPLE_BATCH_MAX", "4"))
 # Lifetime of the signed download URLs of external_weights checkpoints.
 TUFT_DOWNLOAD_URL_TTL_S = int(os.environ.get("TUFT_DOWNLOAD_URL_TTL_S", "3600"))
 # Admission limits (docs/api.md "Limits"): every request's cost is bounded before
