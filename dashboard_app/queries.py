@@ -59,18 +59,24 @@ def _downsample(points: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     return [points[int(i * stride)] for i in range(n - 1)] + [points[-1]]
 
 
+def run_state(run: TrainingRun) -> str:
+    """starting → ready → stopped (by an operator, session still open) or released (session ended)."""
+    if run.released:
+        return "stopped" if run.session.status == ClientSession.Status.ACTIVE else "released"
+    return "ready" if run.ready else "starting"
+
+
 def runs(viewer: Viewer, limit: int = 50) -> list[dict[str, Any]]:
     rows = list(
-        viewer.scope(TrainingRun.objects.all()).select_related("tenant")
+        viewer.scope(TrainingRun.objects.all()).select_related("tenant", "session")
         .annotate(n_checkpoints=Count("checkpoints", distinct=True)).order_by("-created_at")[:limit]
     )
     out = []
     for run in rows:
         points = loss_points(run.id)
         out.append({
-            "id": run.id, "tenant": run.tenant.name, "base_model": run.base_model, "rank": run.lora_rank,
-            "state": "released" if run.released else ("ready" if run.ready else "starting"),
-            "steps": len(points), "last_loss": points[-1]["loss"] if points else None,
+            "id": run.id, "name": run.display_name, "tenant": run.tenant.name, "base_model": run.base_model,
+            "rank": run.lora_rank, "state": run_state(run), "steps": len(points), "last_loss": points[-1]["loss"] if points else None,
             "spark": [p["loss"] for p in _downsample(points, SPARKLINE_POINTS)],
             "checkpoints": run.n_checkpoints, "created_at": run.created_at, "last_request_at": run.last_request_at,
         })
@@ -91,8 +97,9 @@ def run_detail(run: TrainingRun) -> dict[str, Any]:
         else:
             done[kind] = done.get(kind, 0) + n
     return {
-        "id": run.id, "tenant": run.tenant.name, "session": run.session_id, "base_model": run.base_model,
-        "rank": run.lora_rank, "released": run.released, "ready": run.ready,
+        "id": run.id, "name": run.display_name, "tenant": run.tenant.name, "session": run.session_id,
+        "base_model": run.base_model, "rank": run.lora_rank, "released": run.released, "ready": run.ready,
+        "state": run_state(run),
         "done_by_kind": done, "failed": failed, "points": loss_points(run.id),
     }
 

@@ -21,7 +21,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from dashboard_app import queries
+from dashboard_app import fragments, queries
 from dashboard_app.viewers import Viewer, log_in_tenant, log_out, viewer_for_request
 from sessions_app.models import DailyUsage
 from sessions_app.quotas import quota_for, quota_status
@@ -87,18 +87,15 @@ def _viewer(request: HttpRequest) -> Viewer:
 @viewer_required
 def overview(request: HttpRequest) -> HttpResponse:
     viewer = _viewer(request)
-    runs = queries.runs(viewer)
+    tables = fragments.overview_tables(viewer)
     context: dict[str, Any] = {
-        "viewer": viewer,
-        "runs": runs,
-        "sessions": queries.sessions(viewer),
-        "checkpoints": queries.checkpoints(viewer),
+        **tables,
         "samplers": queries.sampling_sessions(viewer),
         "charts": {
             "usage": queries.usage_series(viewer),
             "storage": queries.checkpoint_storage_by_run(viewer),
             "status": queries.live_status(viewer),
-            "sparks": {run["id"]: run["spark"] for run in runs},
+            "sparks": tables["sparks"],
         },
     }
     if viewer.tenant is not None:
@@ -110,7 +107,7 @@ def overview(request: HttpRequest) -> HttpResponse:
 @viewer_required
 def run_detail(request: HttpRequest, run_id: str) -> HttpResponse:
     viewer = _viewer(request)
-    run = viewer.scope(TrainingRun.objects.select_related("tenant")).filter(pk=run_id).first()
+    run = viewer.scope(TrainingRun.objects.select_related("tenant", "session")).filter(pk=run_id).first()
     if run is None:
         raise Http404("no such training run")
     detail = queries.run_detail(run)

@@ -2,8 +2,9 @@
  *
  * The socket authenticates with the session cookie; the server refuses it for
  * other tenants' runs. On (re)connect the run socket sends a full snapshot, so
- * a dropped connection loses no points; code 4401 means "signed out" and stops
- * reconnecting.
+ * a dropped connection loses no points; code 4401 means "signed out" (a revoked
+ * key, a deactivated tenant, a logout elsewhere): the page goes to the login
+ * form at once rather than keep showing data.
  */
 (function () {
   "use strict";
@@ -26,7 +27,12 @@
       ws.onopen = function () { delay = 1000; setState("live", "live"); };
       ws.onmessage = function (e) { onMessage(JSON.parse(e.data)); };
       ws.onclose = function (e) {
-        if (e.code === 4401) { stopped = true; setState("signed out", "offline"); return; }
+        if (e.code === 4401) {
+          stopped = true; setState("signed out", "offline");
+          document.body.classList.add("signed-out");
+          location.assign("/dashboard/login/?next=" + encodeURIComponent(location.pathname));
+          return;
+        }
         setState("reconnecting…", "offline");
         if (!stopped) setTimeout(open, delay);
         delay = Math.min(delay * 2, 15000);
@@ -59,6 +65,12 @@
     drawOps();
 
     var last = document.getElementById("last-event");
+    var badge = document.getElementById("run-badge"), stateEl = document.getElementById("run-state");
+    function showState(state) {
+      badge.textContent = state; badge.className = "badge " + state;
+      if (state === "stopped" || state === "released") { stateEl.textContent = "run ended"; stateEl.className = "live-state ended"; }
+    }
+    if (detail.state === "stopped" || detail.state === "released") showState(detail.state);
     socket("/ws/dashboard/runs/" + encodeURIComponent(box.dataset.runId) + "/", function (msg) {
       if (msg.type === "snapshot") { msg.points.forEach(add); draw(); }
       else if (msg.type === "loss.point") {
@@ -70,8 +82,13 @@
         if (msg.status === "failed") failed += 1; else done[msg.kind] = (done[msg.kind] || 0) + 1;
         drawOps();
         last.textContent = msg.kind + " " + msg.status;
+      } else if (msg.type === "run.released") {
+        showState("released");
+      } else if (msg.type === "run.summary") {
+        document.getElementById("run-checkpoints-live").innerHTML = msg.checkpoints_html;
+        showState(msg.state);
       }
-    }, document.getElementById("run-state"));
+    }, detail.state === "stopped" || detail.state === "released" ? null : stateEl);
   }
 
   function overviewPage() {
@@ -83,9 +100,19 @@
       { name: "sampled", values: u.sampled }
     ], u.labels);
     TuftCharts.hbarChart(document.getElementById("storage-chart"), d.storage, { format: TuftCharts.bytes, empty: "no checkpoints yet" });
-    document.querySelectorAll("[data-spark]").forEach(function (cell) {
-      TuftCharts.sparkline(cell, d.sparks[cell.dataset.spark] || []);
-    });
+    function drawSparks(sparks) {
+      document.querySelectorAll("[data-spark]").forEach(function (cell) {
+        TuftCharts.sparkline(cell, sparks[cell.dataset.spark] || []);
+      });
+    }
+    drawSparks(d.sparks);
+    // Server-rendered tables, replaced whole when the server says they changed.
+    function onTables(msg) {
+      document.getElementById("runs-live").innerHTML = msg.runs_html;
+      document.getElementById("checkpoints-live").innerHTML = msg.checkpoints_html;
+      document.getElementById("sessions-live").innerHTML = msg.sessions_html;
+      drawSparks(msg.sparks);
+    }
 
     var minuteLabels = [];
     for (var i = 59; i >= 0; i--) minuteLabels.push(i === 0 ? "now" : "-" + i + "m");
@@ -123,7 +150,10 @@
       });
     }
     onStatus(d.status);
-    socket("/ws/dashboard/status/", function (msg) { if (msg.type === "status") onStatus(msg); }, document.getElementById("status-state"));
+    socket("/ws/dashboard/status/", function (msg) {
+      if (msg.type === "status") onStatus(msg);
+      else if (msg.type === "overview") onTables(msg);
+    }, document.getElementById("status-state"));
   }
 
   document.addEventListener("DOMContentLoaded", function () {
