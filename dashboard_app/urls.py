@@ -9,6 +9,9 @@ urlpatterns = [
     path("login/", views.login, name="login"),
     path("logout/", views.logout, name="logout"),
     path("runs/<str:run_id>/", views.run_detail, name="run"),
+    path("runs/<str:run_id>/metrics.json", views.run_metrics_json, name="run_metrics_json"),
+    path("runs/<str:run_id>/metrics.csv", views.run_metrics_csv, name="run_metrics_csv"),
+    path("compare/", views.compare, name="compare"),
     path("tenants/", views.tenants, name="tenants"),
     path("usage.csv", views.usage_csv, name="usage_csv"),
 ]

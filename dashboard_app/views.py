@@ -13,7 +13,7 @@ from functools import wraps
 from typing import Any, Callable
 from urllib.parse import urlencode
 
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
@@ -21,7 +21,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from dashboard_app import fragments, queries
+from dashboard_app import fragments, metrics, queries
 from dashboard_app.viewers import Viewer, log_in_tenant, log_out, viewer_for_request
 from sessions_app.models import DailyUsage
 from sessions_app.quotas import quota_for, quota_status
@@ -104,16 +104,53 @@ def overview(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/overview.html", context)
 
 
-@viewer_required
-def run_detail(request: HttpRequest, run_id: str) -> HttpResponse:
-    viewer = _viewer(request)
+def _access_run(viewer: Viewer, run_id: str) -> TrainingRun:
+    """The viewer's run, or 404 (also for another tenant's run)."""
     run = viewer.scope(TrainingRun.objects.select_related("tenant", "session")).filter(pk=run_id).first()
     if run is None:
         raise Http404("no such training run")
+    return run
+
+
+@viewer_required
+def run_detail(request: HttpRequest, run_id: str) -> HttpResponse:
+    viewer = _viewer(request)
+    run = _access_run(viewer, run_id)
     detail = queries.run_detail(run)
     checkpoints = list(run.checkpoints.order_by("-created_at"))
-    return render(request, "dashboard/run.html",
-                  {"viewer": viewer, "run": run, "detail": detail, "checkpoints": checkpoints})
+    return render(request, "dashboard/run.html", {
+        "viewer": viewer, "run": run, "detail": detail, "checkpoints": checkpoints,
+        "metrics": {"runs": [{"id": run.id, "name": run.display_name, **metrics.run_metrics(run.id)}]},
+    })
+
+
+@viewer_required
+def run_metrics_json(request: HttpRequest, run_id: str) -> HttpResponse:
+    run = _access_run(_viewer(request), run_id)
+    return JsonResponse({"id": run.id, "name": run.display_name, **metrics.run_metrics(run.id)})
+
+
+@viewer_required
+def run_metrics_csv(request: HttpRequest, run_id: str) -> HttpResponse:
+    run = _access_run(_viewer(request), run_id)
+    response = HttpResponse(metrics.metrics_csv(metrics.run_metrics(run.id)), content_type="text/csv")
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in run.id)
+    response["Content-Disposition"] = f'attachment; filename="tuft-metrics-{safe}.csv"'
+    return response
+
+
+MAX_COMPARED = 8
+
+
+@viewer_required
+def compare(request: HttpRequest) -> HttpResponse:
+    """Several runs' metrics on one chart (``?runs=<id>&runs=<id>``); runs the viewer may not see are skipped."""
+    viewer = _viewer(request)
+    wanted = request.GET.getlist("runs")[:MAX_COMPARED]
+    found = {r.id: r for r in viewer.scope(TrainingRun.objects.select_related("session")).filter(pk__in=wanted)}
+    runs = [found[i] for i in wanted if i in found]
+    data = {"runs": [{"id": r.id, "name": r.display_name, **metrics.run_metrics(r.id)} for r in runs]}
+    return render(request, "dashboard/compare.html", {"viewer": viewer, "runs": runs, "metrics": data})
 
 
 @staff_only

@@ -44,15 +44,20 @@
   function runPage() {
     var detail = data("run-data");
     var box = document.getElementById("loss-chart");
-    var chart = TuftCharts.lineChart(box, { height: 320, xLabel: "step", integerX: true, empty: "waiting for the first forward_backward…" });
-    var points = {};  // step -> point: one per step even if a point arrives twice
-    function add(p) { points[p.step] = p; }
-    function draw() {
-      var list = Object.keys(points).map(function (k) { return points[k]; }).sort(function (a, b) { return a.step - b.step; });
-      chart.update([{ name: "loss:sum", points: list.map(function (p) { return { x: p.step, y: p.loss }; }) }]);
+    var chart = TuftMetrics.mount(box, document.getElementById("metric-toolbar"), data("run-metrics"));
+    var seen = {};  // steps already counted: a point may arrive twice (snapshot and event)
+    detail.points.forEach(function (p) { seen[p.step] = true; });
+    // Live events say "something changed"; the metrics table is fetched again (at most one fetch in flight).
+    var fetching = false, stale = false;
+    function refresh() {
+      if (fetching) { stale = true; return; }
+      fetching = true; stale = false;
+      fetch(box.dataset.metricsUrl, { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (run) { if (run) chart.update({ runs: [run] }); })
+        .catch(function () {})
+        .then(function () { fetching = false; if (stale) refresh(); });
     }
-    detail.points.forEach(add);
-    draw();
 
     // Completed operations by kind, plus failures: counts that only grow, so live events can add to them.
     var kinds = ["create_model", "forward_backward", "forward", "optim_step", "save_weights", "save_weights_for_sampler", "load_weights"];
@@ -72,15 +77,16 @@
     }
     if (detail.state === "stopped" || detail.state === "released") showState(detail.state);
     socket("/ws/dashboard/runs/" + encodeURIComponent(box.dataset.runId) + "/", function (msg) {
-      if (msg.type === "snapshot") { msg.points.forEach(add); draw(); }
+      if (msg.type === "snapshot") { msg.points.forEach(function (p) { seen[p.step] = true; }); refresh(); }
       else if (msg.type === "loss.point") {
-        var fresh = !points[msg.point.step];
-        add(msg.point); draw();
+        var fresh = !seen[msg.point.step];
+        seen[msg.point.step] = true; refresh();
         if (fresh) { done.forward_backward = (done.forward_backward || 0) + 1; drawOps(); }
         last.textContent = "step " + msg.point.step + ": loss " + TuftCharts.fmt(msg.point.loss);
       } else if (msg.type === "run.op") {
         if (msg.status === "failed") failed += 1; else done[msg.kind] = (done[msg.kind] || 0) + 1;
         drawOps();
+        if (msg.kind === "optim_step") refresh();  // brings the learning rate and optimizer metrics
         last.textContent = msg.kind + " " + msg.status;
       } else if (msg.type === "run.released") {
         showState("released");
@@ -108,7 +114,10 @@
     drawSparks(d.sparks);
     // Server-rendered tables, replaced whole when the server says they changed.
     function onTables(msg) {
-      document.getElementById("runs-live").innerHTML = msg.runs_html;
+      var runsBox = document.getElementById("runs-live"), ticked = {};
+      runsBox.querySelectorAll("input[name=runs]:checked").forEach(function (c) { ticked[c.value] = true; });
+      runsBox.innerHTML = msg.runs_html;
+      runsBox.querySelectorAll("input[name=runs]").forEach(function (c) { c.checked = !!ticked[c.value]; });
       document.getElementById("checkpoints-live").innerHTML = msg.checkpoints_html;
       document.getElementById("sessions-live").innerHTML = msg.sessions_html;
       drawSparks(msg.sparks);
@@ -160,5 +169,8 @@
     var page = document.body.dataset.page;
     if (page === "run") runPage();
     else if (page === "overview") overviewPage();
+    else if (page === "compare" && document.getElementById("compare-chart")) {
+      TuftMetrics.mount(document.getElementById("compare-chart"), document.getElementById("compare-toolbar"), data("compare-metrics"));
+    }
   });
 })();

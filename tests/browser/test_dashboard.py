@@ -161,8 +161,28 @@ def test_admin_tenant_key_quota_then_live_loss_curve(
     sdk(lambda: training.save_weights_for_sampler("live-ckpt").result(timeout=60))
     tenant.wait_for_selector("#run-checkpoints :text('live-ckpt')", timeout=WAIT_MS)
     assert tenant.evaluate("window.__notReloaded") is True
+    # Charts: every metric per step, smoothing, log scale, hover read-out (uPlot's legend), exports.
+    assert "loss:sum" in tenant.text_content("#loss-chart .u-legend")
+    tenant.fill("#metric-toolbar input[type=range]", "0.6")
+    tenant.check("#metric-toolbar input[type=checkbox]")
+    tenant.hover("#loss-chart .u-over")
+    assert tenant.locator("#loss-chart .u-legend .u-series").count() == 3  # x, raw, smoothed
+    assert tenant.get_attribute("#export-csv", "href").endswith("/metrics.csv")
     shoot(tenant, screenshots, "run-live-loss")
     run_page_url = tenant.url
+
+    # Several runs on one chart: tick them in the runs table, "Compare selected".
+    second = sdk(lambda: service.create_lora_training_client(
+        base_model=MODEL_NAME, rank=4, user_metadata={"name": "sft-small"}).result(timeout=60))
+    sdk(lambda: train_step(second))
+    tenant.goto(f"{server.url}/dashboard/")
+    tenant.check(f"{row} input[name=runs]")
+    tenant.check(f"#runs tr[data-run-id='{second.model_id}'] input[name=runs]")
+    tenant.click("#compare-button")
+    tenant.wait_for_selector("#compare-chart .u-legend", timeout=WAIT_MS)
+    legend = tenant.text_content("#compare-chart .u-legend")
+    assert "sft-demo" in legend and "sft-small" in legend
+    shoot(tenant, screenshots, "compare-runs")
 
     # 3. Another tenant sees none of it: not listed, its URL is a 404, its socket is refused.
     rival_key = admin_create_tenant(page, server, other, {})
@@ -211,7 +231,8 @@ def test_admin_tenant_key_quota_then_live_loss_curve(
     page.click("input[name=_save]")
     second = (page.text_content(f"code.new-api-key[data-tenant='{team}']") or "").strip()
     rest = tinker.RestClient(base_url=server.url, api_key=second)
-    assert sdk(lambda: rest.list_training_runs().result(timeout=30)).training_runs[0].training_run_id == run_id
+    listed = sdk(lambda: rest.list_training_runs().result(timeout=30)).training_runs
+    assert run_id in [r.training_run_id for r in listed]
     page.goto(f"{server.url}/admin/sessions_app/apikey/?q={second[:12]}")
     page.check("#action-toggle")
     page.select_option("select[name=action]", "revoke")
@@ -235,5 +256,5 @@ def test_admin_tenant_key_quota_then_live_loss_curve(
         page.click("#export-usage-csv")
     rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     assert [r["tenant"] for r in rows] == [team]
-    assert int(rows[0]["training_tokens"]) == 5 * (len(TOKENS) - 1)
+    assert int(rows[0]["training_tokens"]) == 6 * (len(TOKENS) - 1)
     admin.close()
