@@ -15,8 +15,9 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.template.loader import render_to_string
 
-from dashboard_app import fragments, live, queries
+from dashboard_app import fragments, live, queries, status
 from dashboard_app.viewers import Viewer, viewer_for_session_key
 from training_app.models import TrainingRun
 
@@ -127,6 +128,8 @@ class StatusSocket(_DashboardSocket):
     fingerprint: fragments.Fingerprint | None = None
 
     async def start(self) -> None:
+        # The staff status page (?page=status) also gets its lane and worker tables each tick.
+        self.status_page = b"page=status" in self.scope.get("query_string", b"")
         await self.tick()
 
     async def tick(self) -> None:
@@ -136,3 +139,9 @@ class StatusSocket(_DashboardSocket):
         if fingerprint != self.fingerprint:  # always on connect: the page may be older than the socket
             await self.send_json(await database_sync_to_async(fragments.overview_update)(self.viewer))
             self.fingerprint = fingerprint
+        if self.status_page and self.viewer.is_staff:
+            await self.send_json(await database_sync_to_async(status_update)(self.viewer))
+
+
+def status_update(viewer: Viewer) -> dict[str, Any]:
+    return {"type": "dispatch", "html": render_to_string("dashboard/_status_detail.html", status.status_page(viewer))}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from datetime import timedelta
+from datetime import timezone as dt_timezone
 from typing import Any
 
 from django.conf import settings
@@ -172,7 +173,7 @@ def usage_series(viewer: Viewer, days: int = 14) -> dict[str, Any]:
 # -- queue and workers ------------------------------------------------------------------
 
 
-def _queue_depth() -> dict[str, int]:
+def queue_depth() -> dict[str, int]:
     from training_app.dispatch_registry import get_dispatcher
 
     dispatcher = get_dispatcher()
@@ -190,16 +191,21 @@ def _queue_depth() -> dict[str, int]:
     return out
 
 
-def _rq_workers() -> list[dict[str, Any]]:
-    """Workers registered in Redis (distributed mode), as lanes."""
+def rq_workers() -> list[dict[str, Any]]:
+    """Workers registered in Redis (distributed mode), as lanes, with the age of their last heartbeat."""
     import django_rq
     from rq import Worker
 
+    now = timezone.now()
     lanes = []
     for queue_name in settings.RQ_QUEUES:
         queue = django_rq.get_queue(queue_name)
         for worker in Worker.all(queue=queue):
-            lanes.append({"name": worker.name, "queue": queue_name, "state": str(worker.get_state())})
+            beat = worker.last_heartbeat
+            if beat is not None and timezone.is_naive(beat):
+                beat = timezone.make_aware(beat, dt_timezone.utc)
+            lanes.append({"name": worker.name, "queue": queue_name, "state": str(worker.get_state()),
+                          "heartbeat_age_s": (now - beat).total_seconds() if beat else None})
     return lanes
 
 
@@ -216,7 +222,7 @@ def worker_status(viewer: Viewer) -> dict[str, Any]:
     lanes: list[dict[str, Any]] = []
     if is_distributed():
         try:
-            lanes = _rq_workers()
+            lanes = rq_workers()
         except Exception:
             logger.warning("could not list RQ workers", exc_info=True)
     if not lanes:  # the embedded dispatcher: one training lane and one sampling lane in this process
@@ -233,7 +239,7 @@ def worker_status(viewer: Viewer) -> dict[str, Any]:
              "target": op["training_run_id"] or op["sampling_session_id"]} for op in shown
         ]
     own_pending = viewer.scope(Operation.objects.filter(status=Operation.Status.PENDING)).count()
-    return {"queue": _queue_depth(), "lanes": lanes, "pending_visible": own_pending, "running": len(running),
+    return {"queue": queue_depth(), "lanes": lanes, "pending_visible": own_pending, "running": len(running),
             "time": timezone.now().isoformat()}
 
 

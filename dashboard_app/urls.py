@@ -13,5 +13,6 @@ urlpatterns = [
     path("runs/<str:run_id>/metrics.csv", views.run_metrics_csv, name="run_metrics_csv"),
     path("compare/", views.compare, name="compare"),
     path("tenants/", views.tenants, name="tenants"),
+    path("status/", views.status_page, name="status"),
     path("usage.csv", views.usage_csv, name="usage_csv"),
 ]

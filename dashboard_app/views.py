@@ -21,7 +21,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from dashboard_app import fragments, metrics, queries
+from dashboard_app import fragments, metrics, queries, status
 from dashboard_app.viewers import Viewer, log_in_tenant, log_out, viewer_for_request
 from sessions_app.models import DailyUsage
 from sessions_app.quotas import quota_for, quota_status
@@ -157,6 +157,13 @@ def compare(request: HttpRequest) -> HttpResponse:
 def tenants(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/tenants.html",
                   {"viewer": _viewer(request), "tenants": queries.tenant_summaries()})
+
+
+@staff_only
+def status_page(request: HttpRequest) -> HttpResponse:
+    """Dispatch mode, queues and workers; kept current by the status socket."""
+    viewer = _viewer(request)
+    return render(request, "dashboard/status.html", {"viewer": viewer, **status.status_page(viewer)})
 
 
 @viewer_required

@@ -169,6 +169,11 @@
     var page = document.body.dataset.page;
     if (page === "run") runPage();
     else if (page === "overview") overviewPage();
+    else if (page === "status") {
+      socket("/ws/dashboard/status/?page=status", function (msg) {
+        if (msg.type === "dispatch") document.getElementById("status-detail").innerHTML = msg.html;
+      }, document.getElementById("status-state"));
+    }
     else if (page === "compare" && document.getElementById("compare-chart")) {
       TuftMetrics.mount(document.getElementById("compare-chart"), document.getElementById("compare-toolbar"), data("compare-metrics"));
     }

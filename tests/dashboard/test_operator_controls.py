@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import secrets
 
+import httpx
+
 import pytest
 import tinker
 from tinker import types
@@ -132,3 +134,23 @@ def test_error_pages_html_for_browsers_json_for_clients(server: LiveServer, admi
     assert unknown.status_code == 404 and "<html" in unknown.text
     api = admin_client.http.get("/api/v1/no-such-endpoint", headers={"Accept": "application/json"})
     assert api.status_code == 404 and api.json()["code"] == "not_found"
+
+
+def test_status_page_shows_mode_lanes_and_workers(server: LiveServer, admin_client: AdminClient) -> None:
+    key = server.create_tenant(f"busy-{secrets.token_hex(3)}")
+    service = tinker.ServiceClient(base_url=server.url, api_key=key)
+    training = service.create_lora_training_client(base_model=MODEL_NAME, rank=4).result(timeout=60)
+    training.forward_backward([one_datum()], "cross_entropy").result(timeout=60)
+    page = admin_client.get("/dashboard/status/")
+    assert page.status_code == 200
+    assert "Embedded: worker threads inside this server process" in page.text
+    assert 'data-lane="train"' in page.text and 'data-lane="sample"' in page.text
+    assert "tuft-train" in page.text and "alive" in page.text
+    # Work done in the window shows as throughput on the training lane.
+    train_row = page.text.split('data-lane="train"')[1].split("</tr>")[0]
+    assert float(train_row.split('<td class="per-min">')[1].split("<")[0]) > 0
+    # Tenants may not see it.
+    tenant = httpx.Client(base_url=server.url, timeout=60, headers={"Accept": "text/html"})
+    tenant.get("/dashboard/login/")
+    tenant.post("/dashboard/login/", data={"api_key": key, "csrfmiddlewaretoken": tenant.cookies["csrftoken"]})
+    assert tenant.get("/dashboard/status/").status_code == 403
