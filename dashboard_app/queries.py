@@ -153,7 +153,7 @@ def sampling_activity(viewer: Viewer, minutes: int = 60) -> dict[str, list[int]]
 
 
 def usage_series(viewer: Viewer, days: int = 14) -> dict[str, Any]:
-    """Tokens per day (training, prefill, sampled) for the last ``days`` days, oldest first."""
+    """Tokens per day (training, prefill, sampled) and checkpoint bytes held, last ``days`` days, oldest first."""
     today = timezone.now().date()
     labels = [today - timedelta(days=days - 1 - i) for i in range(days)]
     rows = (
@@ -163,10 +163,14 @@ def usage_series(viewer: Viewer, days: int = 14) -> dict[str, Any]:
     )
     by_day = {r["day"]: r for r in rows}
     series: dict[str, list[int]] = defaultdict(list)
+    held = 0  # checkpoint bytes are a level, not a flow: a day without changes keeps the day before's
     for day in labels:
         r = by_day.get(day, {})
         for name in ("training", "prefill", "sampled", "ops"):
             series[name].append(int(r.get(name) or 0))
+        if r.get("storage") is not None:
+            held = int(r["storage"])
+        series["storage"].append(held)
     return {"labels": [d.strftime("%b %d") for d in labels], **series}
 
 
@@ -258,6 +262,7 @@ def tenant_summaries() -> list[dict[str, Any]]:
         lines = quota_status(tenant)
         out.append({
             "tenant": tenant, "own_quota": hasattr(tenant, "quota"), "max_lora_rank": quota_for(tenant).max_lora_rank,
-            "lines": [{"label": ln.label, "used": ln.used, "limit": ln.limit} for ln in lines],
+            "lines": [{"label": ln.label, "used": ln.used, "limit": ln.limit, "bytes": ln.name == "max_checkpoint_bytes"}
+                      for ln in lines],
         })
     return out

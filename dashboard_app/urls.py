@@ -13,6 +13,7 @@ urlpatterns = [
     path("runs/<str:run_id>/metrics.csv", views.run_metrics_csv, name="run_metrics_csv"),
     path("compare/", views.compare, name="compare"),
     path("tenants/", views.tenants, name="tenants"),
+    path("tenants/<int:tenant_id>/", views.tenant_detail, name="tenant"),
     path("status/", views.status_page, name="status"),
     path("usage.csv", views.usage_csv, name="usage_csv"),
 ]

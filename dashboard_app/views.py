@@ -23,7 +23,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from dashboard_app import fragments, metrics, queries, status
 from dashboard_app.viewers import Viewer, log_in_tenant, log_out, viewer_for_request
-from sessions_app.models import DailyUsage
+from sessions_app.models import DailyUsage, Tenant
 from sessions_app.quotas import quota_for, quota_status
 from sessions_app.usage import write_usage_csv
 from training_app.models import TrainingRun
@@ -157,6 +157,20 @@ def compare(request: HttpRequest) -> HttpResponse:
 def tenants(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/tenants.html",
                   {"viewer": _viewer(request), "tenants": queries.tenant_summaries()})
+
+
+@staff_only
+def tenant_detail(request: HttpRequest, tenant_id: int) -> HttpResponse:
+    """One tenant as operators need it: usage over time, keys, runs and sessions."""
+    tenant = Tenant.objects.filter(pk=tenant_id).first()
+    if tenant is None:
+        raise Http404("no such tenant")
+    scoped = Viewer(name=tenant.name, tenant=tenant)  # the tenant's own view of its data
+    return render(request, "dashboard/tenant.html", {
+        **fragments.overview_tables(scoped), "viewer": _viewer(request), "tenant": tenant,
+        "keys": list(tenant.api_keys.order_by("-created_at")), "quota_lines": quota_status(tenant),
+        "max_lora_rank": quota_for(tenant).max_lora_rank, "usage": queries.usage_series(scoped, days=30),
+    })
 
 
 @staff_only

@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from sessions_app.actions import do_create_api_key, do_finish_session, do_revoke_api_key
 from sessions_app.admin_forms import QuotaLimitsForm, format_limit, format_size
+from sessions_app.admin_tenant import tenant_overview_html
 from sessions_app.models import ApiKey, ClientSession, DailyUsage, DefaultQuota, Quota, Tenant
 from sessions_app.usage import write_usage_csv
 from tuft_project.admin_confirm import confirmation_page, is_confirmed
@@ -105,10 +106,16 @@ class TenantAdmin(admin.ModelAdmin):
         return super().get_form(request, obj, change=change, **kwargs)
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return ["name", "is_active", "issue_key"] if obj is None else ["name", "is_active", "created_at", "deletion"]
+        if obj is None:
+            return ["name", "is_active", "issue_key"]
+        return ["name", "is_active", "created_at", "overview", "deletion"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return [] if obj is None else ["created_at", "deletion"]
+        return [] if obj is None else ["created_at", "overview", "deletion"]
+
+    @admin.display(description="keys, runs, sessions, usage")
+    def overview(self, obj: Tenant) -> str:
+        return tenant_overview_html(obj)
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         actions = super().get_actions(request)

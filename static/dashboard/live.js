@@ -169,6 +169,16 @@
     var page = document.body.dataset.page;
     if (page === "run") runPage();
     else if (page === "overview") overviewPage();
+    else if (page === "tenant") {
+      var u = data("tenant-usage"), sparks = data("tenant-sparks");
+      TuftCharts.barChart(document.getElementById("tenant-usage-chart"), { stacked: true, every: 5 }).update([
+        { name: "training", values: u.training }, { name: "prefill", values: u.prefill }, { name: "sampled", values: u.sampled }
+      ], u.labels);
+      TuftCharts.barChart(document.getElementById("tenant-storage-chart"), { every: 5, format: TuftCharts.bytes }).update([
+        { name: "checkpoint bytes", values: u.storage }
+      ], u.labels);
+      document.querySelectorAll("[data-spark]").forEach(function (cell) { TuftCharts.sparkline(cell, sparks[cell.dataset.spark] || []); });
+    }
     else if (page === "status") {
       socket("/ws/dashboard/status/?page=status", function (msg) {
         if (msg.type === "dispatch") document.getElementById("status-detail").innerHTML = msg.html;

@@ -154,3 +154,21 @@ def test_status_page_shows_mode_lanes_and_workers(server: LiveServer, admin_clie
     tenant.get("/dashboard/login/")
     tenant.post("/dashboard/login/", data={"api_key": key, "csrfmiddlewaretoken": tenant.cookies["csrftoken"]})
     assert tenant.get("/dashboard/status/").status_code == 403
+
+
+def test_tenant_views_for_operators(server: LiveServer, admin_client: AdminClient) -> None:
+    name = f"viewed-{secrets.token_hex(3)}"
+    key = server.create_tenant(name)
+    service = tinker.ServiceClient(base_url=server.url, api_key=key)
+    training = service.create_lora_training_client(base_model=MODEL_NAME, rank=4,
+                                                    user_metadata={"name": "probe"}).result(timeout=60)
+    training.forward_backward([one_datum()], "cross_entropy").result(timeout=60)
+    page = admin_client.get(f"/admin/sessions_app/tenant/?q={name}").text
+    pk = page.split('name="_selected_action" value="')[1].split('"')[0]
+    change = admin_client.get(f"/admin/sessions_app/tenant/{pk}/change/").text
+    assert "1 active of 1 API keys" in change and "1 live of 1 training runs" in change
+    detail = admin_client.get(f"/dashboard/tenants/{pk}/")
+    assert detail.status_code == 200
+    assert "probe" in detail.text and key[:12] in detail.text and "tenant-usage-chart" in detail.text
+    usage = detail.text.split('id="tenant-usage" type="application/json">')[1].split("</script>")[0]
+    assert f'"training": [{"0, " * 29}{len(one_datum().model_input.to_ints())}]' in usage
