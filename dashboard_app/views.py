@@ -21,12 +21,13 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from dashboard_app import fragments, metrics, queries, status
+from dashboard_app import fragments, metrics, playground, queries, status
 from dashboard_app.viewers import Viewer, log_in_tenant, log_out, viewer_for_request
 from sessions_app.models import DailyUsage, Tenant
 from sessions_app.quotas import quota_for, quota_status
 from sessions_app.usage import write_usage_csv
 from training_app.models import TrainingRun
+from tuft_project.exceptions import ApiError, BadRequest, error_body
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +172,51 @@ def tenant_detail(request: HttpRequest, tenant_id: int) -> HttpResponse:
         "keys": list(tenant.api_keys.order_by("-created_at")), "quota_lines": quota_status(tenant),
         "max_lora_rank": quota_for(tenant).max_lora_rank, "usage": queries.usage_series(scoped, days=30),
     })
+
+
+@viewer_required
+def playground_page(request: HttpRequest) -> HttpResponse:
+    """Type a prompt, pick a model or checkpoint, see the tokens and their logprobs (tenants only)."""
+    viewer = _viewer(request)
+    options = playground.choices(viewer.tenant) if viewer.tenant is not None else []
+    return render(request, "dashboard/playground.html", {
+        "viewer": viewer, "choices": options, "max_tokens": playground.MAX_NEW_TOKENS,
+        "max_chars": playground.MAX_PROMPT_CHARS})
+
+
+def _tenant_json(view: Callable[[HttpRequest, Tenant], dict[str, Any]]) -> View:
+    """A JSON endpoint of the tenant's dashboard: domain errors become their 4xx JSON, as in the API."""
+    @wraps(view)
+    @viewer_required
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        tenant = _viewer(request).tenant
+        if tenant is None:
+            return JsonResponse(error_body("the playground samples as a tenant: log in with an API key", "forbidden"),
+                                status=403)
+        try:
+            return JsonResponse(view(request, tenant, *args, **kwargs))
+        except ApiError as exc:
+            return JsonResponse(error_body(exc.detail, exc.code), status=exc.status_code)
+
+    return wrapper
+
+
+@require_POST
+@_tenant_json
+def playground_sample(request: HttpRequest, tenant: Tenant) -> dict[str, Any]:
+    try:
+        max_tokens = int(request.POST.get("max_tokens", "32"))
+        temperature = float(request.POST.get("temperature", "0"))
+    except ValueError:
+        raise BadRequest("max tokens and temperature must be numbers") from None
+    op = playground.check_playground_sample(tenant, request.POST.get("model", ""), request.POST.get("prompt", ""),
+                                            max_tokens, temperature)
+    return {"request_id": op.request_id}
+
+
+@_tenant_json
+def playground_result(request: HttpRequest, tenant: Tenant, request_id: str) -> dict[str, Any]:
+    return playground.playground_result(tenant, request_id)
 
 
 @staff_only
