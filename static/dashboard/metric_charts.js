@@ -125,7 +125,8 @@
         width: Math.max(280, chartEl.clientWidth), height: +(chartEl.dataset.height || 300),
         scales: { x: { time: state.x === "time" }, y: { distr: state.log ? 3 : 1 } },
         series: series,
-        axes: [Object.assign({}, axis), Object.assign({ size: 60, values: function (u, vals) { return vals.map(fmt); } }, axis)],
+        // Steps are whole numbers: no 1.2, 1.4 … ticks.
+        axes: [Object.assign(state.x === "step" ? { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000] } : {}, axis), Object.assign({ size: 60, values: function (u, vals) { return vals.map(fmt); } }, axis)],
         cursor: { drag: { x: true, y: false } },
         legend: { live: true },
       }, joined, chartEl);

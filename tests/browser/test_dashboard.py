@@ -171,6 +171,17 @@ def test_admin_tenant_key_quota_then_live_loss_curve(
     shoot(tenant, screenshots, "run-live-loss")
     run_page_url = tenant.url
 
+    # The playground samples the checkpoint just saved: tokens and logprobs.
+    tenant.goto(f"{server.url}/dashboard/playground/")
+    tenant.select_option("#pg-model", label=next(
+        o for o in tenant.locator("#pg-model option").all_text_contents() if o.startswith("live-ckpt")))
+    tenant.fill("#pg-prompt", "hello there")
+    tenant.fill("#pg-max-tokens", "6")
+    tenant.click("#pg-submit")
+    tenant.wait_for_selector(".pg-tokens tbody tr", timeout=WAIT_MS)
+    assert tenant.locator(".pg-tokens tbody tr").count() >= 1
+    shoot(tenant, screenshots, "playground")
+
     # Several runs on one chart: tick them in the runs table, "Compare selected".
     second = sdk(lambda: service.create_lora_training_client(
         base_model=MODEL_NAME, rank=4, user_metadata={"name": "sft-small"}).result(timeout=60))
@@ -199,6 +210,12 @@ def test_admin_tenant_key_quota_then_live_loss_curve(
     body = rival.text_content("body")
     assert run_id not in body and team not in body and "sft-demo" not in body and "live-ckpt" not in body
     shoot(rival, screenshots, "other-tenant-overview")
+    for path in ("/dashboard/playground/", f"/dashboard/compare/?runs={run_id}"):
+        rival.goto(f"{server.url}{path}")
+        body = rival.text_content("body")
+        assert run_id not in body and "sft-demo" not in body and "live-ckpt" not in body, path
+    assert rival.goto(f"{server.url}/dashboard/runs/{run_id}/metrics.json").status == 404
+    rival.goto(f"{server.url}/dashboard/")
 
     # 4. Staff see every tenant, with use against quota.
     page.goto(f"{server.url}/dashboard/tenants/")
