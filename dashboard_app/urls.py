@@ -18,5 +18,6 @@ urlpatterns = [
     path("tenants/", views.tenants, name="tenants"),
     path("tenants/<int:tenant_id>/", views.tenant_detail, name="tenant"),
     path("status/", views.status_page, name="status"),
+    path("storage/", views.storage_page, name="storage"),
     path("usage.csv", views.usage_csv, name="usage_csv"),
 ]

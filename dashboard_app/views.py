@@ -13,8 +13,10 @@ from functools import wraps
 from typing import Any, Callable
 from urllib.parse import urlencode
 
+from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
+from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -26,6 +28,7 @@ from dashboard_app.viewers import Viewer, log_in_tenant, log_out, viewer_for_req
 from sessions_app.models import DailyUsage, Tenant
 from sessions_app.quotas import quota_for, quota_status
 from sessions_app.usage import write_usage_csv
+from training_app import storage
 from training_app.models import TrainingRun
 from tuft_project.exceptions import ApiError, BadRequest, error_body
 
@@ -217,6 +220,19 @@ def playground_sample(request: HttpRequest, tenant: Tenant) -> dict[str, Any]:
 @_tenant_json
 def playground_result(request: HttpRequest, tenant: Tenant, request_id: str) -> dict[str, Any]:
     return playground.playground_result(tenant, request_id)
+
+
+@staff_only
+def storage_page(request: HttpRequest) -> HttpResponse:
+    """Disk used and free, checkpoint bytes on disk against recorded, and orphaned files to clean up."""
+    if request.method == "POST":
+        if request.POST.get("confirm") == "yes":
+            n, size = storage.do_delete_orphans(f"staff {_viewer(request).name}")
+            messages.success(request, f"Deleted {n} orphaned checkpoint director{'y' if n == 1 else 'ies'} "
+                                      f"({filesizeformat(size)}).")
+        return HttpResponseRedirect(reverse("dashboard:storage"))  # a reload never deletes again
+    return render(request, "dashboard/storage.html", {
+        "viewer": _viewer(request), "report": storage.storage_report(), "min_age_h": storage.ORPHAN_MIN_AGE_S / 3600})
 
 
 @staff_only

@@ -9,7 +9,9 @@ clients JSON.
 
 from __future__ import annotations
 
+import os
 import secrets
+import time
 
 import httpx
 
@@ -172,3 +174,32 @@ def test_tenant_views_for_operators(server: LiveServer, admin_client: AdminClien
     assert "probe" in detail.text and key[:12] in detail.text and "tenant-usage-chart" in detail.text
     usage = detail.text.split('id="tenant-usage" type="application/json">')[1].split("</script>")[0]
     assert f'"training": [{"0, " * 29}{len(one_datum().model_input.to_ints())}]' in usage
+
+
+def test_storage_page_finds_and_cleans_orphaned_files(server: LiveServer, admin_client: AdminClient) -> None:
+    key = server.create_tenant(f"disk-{secrets.token_hex(3)}")
+    service = tinker.ServiceClient(base_url=server.url, api_key=key)
+    training = service.create_lora_training_client(base_model=MODEL_NAME, rank=4).result(timeout=60)
+    kept = training.save_weights_for_sampler("kept").result(timeout=60).path
+    root = server.home / "checkpoints"
+    recorded = next(root.glob("*/*/sampler_weights/kept"))
+    old = time.time() - 2 * 3600
+    os.utime(recorded, (old, old))  # old, but a checkpoint names it: never an orphan
+    orphan = recorded.parent / "left-behind"
+    orphan.mkdir()
+    (orphan / "adapter_model.safetensors").write_bytes(b"\0" * 4096)
+    young = recorded.parent / "being-written"
+    young.mkdir()
+    os.utime(orphan, (old, old))
+
+    page = admin_client.get("/dashboard/storage/").text
+    assert "free of" in page and "left-behind" in page
+    assert "being-written" not in page and "sampler_weights/kept" not in page  # too young / recorded
+    r = admin_client.post("/dashboard/storage/", {"confirm": "yes"})
+    assert r.status_code == 302
+    after = admin_client.get("/dashboard/storage/").text
+    assert "Deleted 1 orphaned checkpoint directory (4.0" in after and "No orphaned files." in after
+    assert not orphan.exists() and young.exists() and recorded.exists()
+    sampler = service.create_sampling_client(model_path=kept).result(timeout=60)  # the recorded one still works
+    assert sampler.sample(prompt=tinker.types.ModelInput.from_ints([1, 2, 3]), num_samples=1,
+                          sampling_params=tinker.types.SamplingParams(max_tokens=2)).result(timeout=60).sequences
