@@ -245,6 +245,24 @@ def do_stop_run(run: TrainingRun, stopped_by: str) -> int:
     return len(request_ids)
 
 
+def do_cancel_queued_operations(request_ids: list[str], cancelled_by: str) -> int:
+    """Fail those of ``request_ids`` that have not started yet; return how many.
+
+    A cancelled training operation keeps its place in its run's order: the
+    worker skips it as it skips an operation refused at submission, and later
+    operations of the run still execute. One already running finishes.
+    """
+    with transaction.atomic():
+        queued = Operation.objects.filter(request_id__in=request_ids, status=Operation.Status.PENDING)
+        cancelled = list(queued.values_list("request_id", flat=True))
+        queued.update(status=Operation.Status.FAILED, error_category="user", finished_at=timezone.now(),
+                      error="cancelled by an operator before it ran")
+    for request_id in cancelled:
+        completion_hub.notify(request_id)
+    logger.info("%s cancelled %d queued operations", cancelled_by, len(cancelled))
+    return len(cancelled)
+
+
 def do_record_checkpoint(
     run: TrainingRun, path: TinkerPath, storage_path: str, size_bytes: int,
     ttl_seconds: int | None, user_metadata: dict[str, Any] | None,

@@ -12,7 +12,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from training_app.actions import do_stop_run
+from training_app.actions import do_cancel_queued_operations, do_stop_run
 from training_app.models import Checkpoint, Operation, TrainingRun
 from tuft_project.admin_confirm import confirmation_page, is_confirmed
 
@@ -124,6 +124,24 @@ class OperationAdmin(admin.ModelAdmin):
     readonly_fields = ["request_id", "tenant", "kind", "training_run", "sampling_session", "seq_id", "status",
                        "request", "result", "error", "error_category", "metrics", "num_tokens", "created_at",
                        "started_at", "finished_at"]
+
+    actions = ["cancel"]
+
+    @admin.action(description="Cancel selected queued operations (their futures fail)", permissions=["view"])
+    def cancel(self, request: HttpRequest, queryset: QuerySet[Operation]) -> TemplateResponse | None:
+        queued = queryset.filter(status=Operation.Status.PENDING)
+        if not queued.exists():
+            self.message_user(request, "None of those operations is still queued.", messages.WARNING)
+            return None
+        if not is_confirmed(request):
+            return confirmation_page(self, request, queued, action="cancel", title="Cancel queued operations?",
+                                     consequences=[
+                                         "Each future fails with 'cancelled by an operator'; the SDK raises it.",
+                                         "Later operations of the same run still run, in order.",
+                                     ], button="Yes, cancel them")
+        n = do_cancel_queued_operations(list(queued.values_list("request_id", flat=True)), f"admin {request.user}")
+        self.message_user(request, f"Cancelled {n} queued operation(s).", messages.SUCCESS)
+        return None
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Operation]:
         # Never load the request/result blobs (up to megabytes each) for a list.

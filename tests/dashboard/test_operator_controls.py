@@ -203,3 +203,24 @@ def test_storage_page_finds_and_cleans_orphaned_files(server: LiveServer, admin_
     sampler = service.create_sampling_client(model_path=kept).result(timeout=60)  # the recorded one still works
     assert sampler.sample(prompt=tinker.types.ModelInput.from_ints([1, 2, 3]), num_samples=1,
                           sampling_params=tinker.types.SamplingParams(max_tokens=2)).result(timeout=60).sequences
+
+
+def test_cancel_a_queued_operation_keeps_the_run_going(server: LiveServer, admin_client: AdminClient) -> None:
+    key = server.create_tenant(f"cancel-{secrets.token_hex(3)}")
+    service = tinker.ServiceClient(base_url=server.url, api_key=key)
+    training = service.create_lora_training_client(base_model=MODEL_NAME, rank=4).result(timeout=60)
+    run_id = training.model_id
+    # seq 2 waits for seq 1, which is sent only after the cancel.
+    waiting = post(server, "optim_step", key, {"model_id": run_id, "seq_id": 2, "type": "optim_step",
+                                               "adam_params": ADAM}).json()["request_id"]
+    ask = admin_client.action("/admin/training_app/operation/", "cancel", [waiting], confirm=False)
+    assert "Cancel queued operations?" in ask.text
+    admin_client.action("/admin/training_app/operation/", "cancel", [waiting], confirm=True)
+    assert "Cancelled 1 queued operation(s)." in admin_client.messages()
+    assert "cancelled by an operator" in wait_future(server, key, waiting, timeout=30).text
+    first = post(server, "optim_step", key, {"model_id": run_id, "seq_id": 1, "type": "optim_step",
+                                             "adam_params": ADAM}).json()["request_id"]
+    assert wait_future(server, key, first, timeout=60).status_code == 200
+    later = post(server, "optim_step", key, {"model_id": run_id, "seq_id": 3, "type": "optim_step",
+                                             "adam_params": ADAM}).json()["request_id"]
+    assert "metrics" in wait_future(server, key, later, timeout=60).text
