@@ -126,7 +126,10 @@ def checkpoint_storage_by_run(viewer: Viewer, limit: int = 12) -> list[dict[str,
         viewer.scope(Checkpoint.objects.all()).values("training_run_id")
         .annotate(total=Sum("size_bytes"), n=Count("pk")).order_by("-total")[:limit]
     )
-    return [{"label": r["training_run_id"], "value": int(r["total"] or 0), "n": r["n"]} for r in rows]
+    names = {run.id: run.display_name for run in TrainingRun.objects.select_related("session")
+             .filter(pk__in=[r["training_run_id"] for r in rows])}
+    return [{"label": names.get(r["training_run_id"], r["training_run_id"]), "value": int(r["total"] or 0), "n": r["n"]}
+            for r in rows]
 
 
 def sampling_sessions(viewer: Viewer, limit: int = 20) -> list[SamplingSession]:

@@ -217,7 +217,7 @@ def release_reason(run: TrainingRun) -> str:
     it (``do_stop_run``): then its session is still active.
     """
     if run.session.status == ClientSession.Status.ACTIVE:
-        return "was stopped by an operator; create a new training client to continue"
+        return "was released: stopped by an operator; create a new training client to continue"
     return "has been released (its session ended)"
 
 
