@@ -62,7 +62,10 @@ class RunOrdering:
         for run_id, queue in list(self.pending.items()):
             if run_id in self.in_flight or not queue:
                 continue
-            seq = self.next_seq[run_id]
+            # A released run was forgotten while operations of it still waited (a stopped
+            # run's cancelled ones, say): run them in order now, so each future resolves
+            # (as failed) instead of a KeyError killing the lane.
+            seq = self.next_seq.setdefault(run_id, min(queue))
             if seq not in queue:
                 lowest = min(queue)
                 if lowest < seq:  # arrived after its gap was skipped: run it next

@@ -71,6 +71,9 @@ def test_stop_run_from_admin_ends_it_for_the_sdk(server: LiveServer, admin_clien
     assert "stopped by an operator" in failed.text
     with pytest.raises(tinker.NotFoundError, match="stopped by an operator"):
         training.forward_backward([one_datum()], "cross_entropy").result(timeout=60)
+    # The training lane survived the release of a run with a queued operation: new runs still train.
+    again = service.create_lora_training_client(base_model=MODEL_NAME, rank=4).result(timeout=60)
+    again.forward_backward([one_datum()], "cross_entropy").result(timeout=60)
     # Stopping it again is harmless and says so.
     admin_client.action(RUNS, "stop", [run_id], confirm=True)
     assert "already stopped" in admin_client.messages()
