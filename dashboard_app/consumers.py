@@ -15,8 +15,9 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.template.loader import render_to_string
 
-from dashboard_app import live, queries
+from dashboard_app import fragments, live, queries, status
 from dashboard_app.viewers import Viewer, viewer_for_session_key
 from training_app.models import TrainingRun
 
@@ -92,6 +93,17 @@ class RunSocket(_DashboardSocket):
         # (the page keeps one per step) rather than never.
         points = await database_sync_to_async(queries.loss_points)(self.run_id)
         await self.send_json({"type": "snapshot", "run_id": self.run_id, "points": points})
+        self.fingerprint = await database_sync_to_async(fragments.run_fingerprint)(self.run_id)
+
+    async def tick(self) -> None:
+        """Push the run's state and checkpoints card when they changed (also from other processes)."""
+        fingerprint = await database_sync_to_async(fragments.run_fingerprint)(self.run_id)
+        if fingerprint == self.fingerprint:
+            return
+        self.fingerprint = fingerprint
+        update = await database_sync_to_async(fragments.run_update)(self.run_id)
+        if update is not None:
+            await self.send_json(update)
 
     async def stop(self) -> None:
         group = getattr(self, "group", None)
@@ -104,13 +116,32 @@ class RunSocket(_DashboardSocket):
     async def run_op(self, event: dict[str, Any]) -> None:
         await self.send_json(event)
 
+    async def run_released(self, event: dict[str, Any]) -> None:
+        """Sent the moment the run is released; the next tick brings its final state and checkpoints."""
+        await self.send_json(event)
+
 
 class StatusSocket(_DashboardSocket):
-    """``/ws/dashboard/status/``: queue depth, worker lanes and sampling activity every tick."""
+    """``/ws/dashboard/status/``: queue depth, worker lanes and sampling activity every tick,
+    and the overview's runs, checkpoints and sessions tables whenever they changed."""
+
+    fingerprint: fragments.Fingerprint | None = None
 
     async def start(self) -> None:
+        # The staff status page (?page=status) also gets its lane and worker tables each tick.
+        self.status_page = b"page=status" in self.scope.get("query_string", b"")
         await self.tick()
 
     async def tick(self) -> None:
         assert self.viewer is not None
         await self.send_json(await database_sync_to_async(queries.live_status)(self.viewer))
+        fingerprint = await database_sync_to_async(fragments.overview_fingerprint)(self.viewer)
+        if fingerprint != self.fingerprint:  # always on connect: the page may be older than the socket
+            await self.send_json(await database_sync_to_async(fragments.overview_update)(self.viewer))
+            self.fingerprint = fingerprint
+        if self.status_page and self.viewer.is_staff:
+            await self.send_json(await database_sync_to_async(status_update)(self.viewer))
+
+
+def status_update(viewer: Viewer) -> dict[str, Any]:
+    return {"type": "dispatch", "html": render_to_string("dashboard/_status_detail.html", status.status_page(viewer))}

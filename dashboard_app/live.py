@@ -81,3 +81,11 @@ def on_operation_finished(sender: Any, operation: Operation, metrics: dict[str, 
         publish(run_group(operation.training_run_id), event)
     except Exception:  # the dashboard must never fail training
         logger.warning("could not publish %s of run %s", event["type"], operation.training_run_id, exc_info=True)
+
+
+def on_run_released(sender: Any, run_id: str, **kwargs: Any) -> None:
+    """Receiver of ``run_released``: tell an open run page at once (it then stops saying "live")."""
+    try:
+        publish(run_group(run_id), {"type": "run.released", "run_id": run_id})
+    except Exception:  # the dashboard must never fail a release
+        logger.warning("could not publish the release of run %s", run_id, exc_info=True)

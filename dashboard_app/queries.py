@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from datetime import timedelta
+from datetime import timezone as dt_timezone
 from typing import Any
 
 from django.conf import settings
@@ -59,18 +60,24 @@ def _downsample(points: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     return [points[int(i * stride)] for i in range(n - 1)] + [points[-1]]
 
 
+def run_state(run: TrainingRun) -> str:
+    """starting → ready → stopped (by an operator, session still open) or released (session ended)."""
+    if run.released:
+        return "stopped" if run.session.status == ClientSession.Status.ACTIVE else "released"
+    return "ready" if run.ready else "starting"
+
+
 def runs(viewer: Viewer, limit: int = 50) -> list[dict[str, Any]]:
     rows = list(
-        viewer.scope(TrainingRun.objects.all()).select_related("tenant")
+        viewer.scope(TrainingRun.objects.all()).select_related("tenant", "session")
         .annotate(n_checkpoints=Count("checkpoints", distinct=True)).order_by("-created_at")[:limit]
     )
     out = []
     for run in rows:
         points = loss_points(run.id)
         out.append({
-            "id": run.id, "tenant": run.tenant.name, "base_model": run.base_model, "rank": run.lora_rank,
-            "state": "released" if run.released else ("ready" if run.ready else "starting"),
-            "steps": len(points), "last_loss": points[-1]["loss"] if points else None,
+            "id": run.id, "name": run.display_name, "tenant": run.tenant.name, "base_model": run.base_model,
+            "rank": run.lora_rank, "state": run_state(run), "steps": len(points), "last_loss": points[-1]["loss"] if points else None,
             "spark": [p["loss"] for p in _downsample(points, SPARKLINE_POINTS)],
             "checkpoints": run.n_checkpoints, "created_at": run.created_at, "last_request_at": run.last_request_at,
         })
@@ -91,8 +98,9 @@ def run_detail(run: TrainingRun) -> dict[str, Any]:
         else:
             done[kind] = done.get(kind, 0) + n
     return {
-        "id": run.id, "tenant": run.tenant.name, "session": run.session_id, "base_model": run.base_model,
-        "rank": run.lora_rank, "released": run.released, "ready": run.ready,
+        "id": run.id, "name": run.display_name, "tenant": run.tenant.name, "session": run.session_id,
+        "base_model": run.base_model, "rank": run.lora_rank, "released": run.released, "ready": run.ready,
+        "state": run_state(run),
         "done_by_kind": done, "failed": failed, "points": loss_points(run.id),
     }
 
@@ -118,7 +126,10 @@ def checkpoint_storage_by_run(viewer: Viewer, limit: int = 12) -> list[dict[str,
         viewer.scope(Checkpoint.objects.all()).values("training_run_id")
         .annotate(total=Sum("size_bytes"), n=Count("pk")).order_by("-total")[:limit]
     )
-    return [{"label": r["training_run_id"], "value": int(r["total"] or 0), "n": r["n"]} for r in rows]
+    names = {run.id: run.display_name for run in TrainingRun.objects.select_related("session")
+             .filter(pk__in=[r["training_run_id"] for r in rows])}
+    return [{"label": names.get(r["training_run_id"], r["training_run_id"]), "value": int(r["total"] or 0), "n": r["n"]}
+            for r in rows]
 
 
 def sampling_sessions(viewer: Viewer, limit: int = 20) -> list[SamplingSession]:
@@ -145,7 +156,7 @@ def sampling_activity(viewer: Viewer, minutes: int = 60) -> dict[str, list[int]]
 
 
 def usage_series(viewer: Viewer, days: int = 14) -> dict[str, Any]:
-    """Tokens per day (training, prefill, sampled) for the last ``days`` days, oldest first."""
+    """Tokens per day (training, prefill, sampled) and checkpoint bytes held, last ``days`` days, oldest first."""
     today = timezone.now().date()
     labels = [today - timedelta(days=days - 1 - i) for i in range(days)]
     rows = (
@@ -155,17 +166,21 @@ def usage_series(viewer: Viewer, days: int = 14) -> dict[str, Any]:
     )
     by_day = {r["day"]: r for r in rows}
     series: dict[str, list[int]] = defaultdict(list)
+    held = 0  # checkpoint bytes are a level, not a flow: a day without changes keeps the day before's
     for day in labels:
         r = by_day.get(day, {})
         for name in ("training", "prefill", "sampled", "ops"):
             series[name].append(int(r.get(name) or 0))
+        if r.get("storage") is not None:
+            held = int(r["storage"])
+        series["storage"].append(held)
     return {"labels": [d.strftime("%b %d") for d in labels], **series}
 
 
 # -- queue and workers ------------------------------------------------------------------
 
 
-def _queue_depth() -> dict[str, int]:
+def queue_depth() -> dict[str, int]:
     from training_app.dispatch_registry import get_dispatcher
 
     dispatcher = get_dispatcher()
@@ -183,16 +198,21 @@ def _queue_depth() -> dict[str, int]:
     return out
 
 
-def _rq_workers() -> list[dict[str, Any]]:
-    """Workers registered in Redis (distributed mode), as lanes."""
+def rq_workers() -> list[dict[str, Any]]:
+    """Workers registered in Redis (distributed mode), as lanes, with the age of their last heartbeat."""
     import django_rq
     from rq import Worker
 
+    now = timezone.now()
     lanes = []
     for queue_name in settings.RQ_QUEUES:
         queue = django_rq.get_queue(queue_name)
         for worker in Worker.all(queue=queue):
-            lanes.append({"name": worker.name, "queue": queue_name, "state": str(worker.get_state())})
+            beat = worker.last_heartbeat
+            if beat is not None and timezone.is_naive(beat):
+                beat = timezone.make_aware(beat, dt_timezone.utc)
+            lanes.append({"name": worker.name, "queue": queue_name, "state": str(worker.get_state()),
+                          "heartbeat_age_s": (now - beat).total_seconds() if beat else None})
     return lanes
 
 
@@ -209,7 +229,7 @@ def worker_status(viewer: Viewer) -> dict[str, Any]:
     lanes: list[dict[str, Any]] = []
     if is_distributed():
         try:
-            lanes = _rq_workers()
+            lanes = rq_workers()
         except Exception:
             logger.warning("could not list RQ workers", exc_info=True)
     if not lanes:  # the embedded dispatcher: one training lane and one sampling lane in this process
@@ -226,7 +246,7 @@ def worker_status(viewer: Viewer) -> dict[str, Any]:
              "target": op["training_run_id"] or op["sampling_session_id"]} for op in shown
         ]
     own_pending = viewer.scope(Operation.objects.filter(status=Operation.Status.PENDING)).count()
-    return {"queue": _queue_depth(), "lanes": lanes, "pending_visible": own_pending, "running": len(running),
+    return {"queue": queue_depth(), "lanes": lanes, "pending_visible": own_pending, "running": len(running),
             "time": timezone.now().isoformat()}
 
 
@@ -245,6 +265,7 @@ def tenant_summaries() -> list[dict[str, Any]]:
         lines = quota_status(tenant)
         out.append({
             "tenant": tenant, "own_quota": hasattr(tenant, "quota"), "max_lora_rank": quota_for(tenant).max_lora_rank,
-            "lines": [{"label": ln.label, "used": ln.used, "limit": ln.limit} for ln in lines],
+            "lines": [{"label": ln.label, "used": ln.used, "limit": ln.limit, "bytes": ln.name == "max_checkpoint_bytes"}
+                      for ln in lines],
         })
     return out

@@ -21,8 +21,11 @@ from django.urls import path, reverse
 from django.utils import timezone
 
 from sessions_app.actions import do_create_api_key, do_finish_session, do_revoke_api_key
+from sessions_app.admin_forms import QuotaLimitsForm, format_limit, format_size
+from sessions_app.admin_tenant import tenant_overview_html
 from sessions_app.models import ApiKey, ClientSession, DailyUsage, DefaultQuota, Quota, Tenant
 from sessions_app.usage import write_usage_csv
+from tuft_project.admin_confirm import confirmation_page, is_confirmed
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ def show_new_keys(request: HttpRequest, keys: list[tuple[ApiKey, str]], back_url
     """The one page that ever shows raw keys; it is not cached."""
     response = TemplateResponse(request, NEW_KEYS_TEMPLATE, {
         **admin.site.each_context(request), "title": "New API keys", "keys": keys, "back_url": back_url,
+        "server_url": request.build_absolute_uri("/").rstrip("/"),
     })
     response["Cache-Control"] = "no-store"
     return response
@@ -43,6 +47,7 @@ def show_new_keys(request: HttpRequest, keys: list[tuple[ApiKey, str]], back_url
 
 class QuotaInline(admin.StackedInline):
     model = Quota
+    form = QuotaLimitsForm
     can_delete = True
     extra = 0
     max_num = 1
@@ -101,10 +106,37 @@ class TenantAdmin(admin.ModelAdmin):
         return super().get_form(request, obj, change=change, **kwargs)
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return ["name", "is_active", "issue_key"] if obj is None else ["name", "is_active", "created_at"]
+        if obj is None:
+            return ["name", "is_active", "issue_key"]
+        return ["name", "is_active", "created_at", "overview", "deletion"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return [] if obj is None else ["created_at"]
+        return [] if obj is None else ["created_at", "overview", "deletion"]
+
+    @admin.display(description="keys, runs, sessions, usage")
+    def overview(self, obj: Tenant) -> str:
+        return tenant_overview_html(obj)
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # deletion is per tenant, where it can work (see has_delete_permission)
+        return actions
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A tenant with recorded work keeps it: its sessions, runs and usage rows
+        # are the history usage accounting reports on (and deleting the rows would
+        # orphan checkpoint files). Only a tenant that never did anything can go.
+        if obj is not None and _has_recorded_work(obj):
+            return False
+        return super().has_delete_permission(request, obj)
+
+    @admin.display(description="deletion")
+    def deletion(self, obj: Tenant) -> str:
+        if _has_recorded_work(obj):
+            return ("This tenant has sessions or usage on record, which usage accounting keeps, so it cannot be "
+                    "deleted. Deactivate it instead (untick Active, or the list action): every key stops working "
+                    "at once and its dashboard logins end.")
+        return "This tenant never used the server, so it can be deleted (with its keys and quota)."
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
         return super().get_queryset(request).select_related("quota").annotate(
@@ -143,25 +175,68 @@ class TenantAdmin(admin.ModelAdmin):
         return show_new_keys(request, keys, reverse("admin:sessions_app_tenant_changelist"))
 
     @admin.action(description="Deactivate (all their keys stop working)")
-    def deactivate(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
-        queryset.update(is_active=False)
+    def deactivate(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> HttpResponse | None:
+        active = queryset.filter(is_active=True)
+        if not is_confirmed(request):
+            return confirmation_page(self, request, active, action="deactivate", title="Deactivate tenants?",
+                                     consequences=[
+                                         "Every API key of these tenants is refused (401) from the next request.",
+                                         "Their dashboard logins end and open dashboards sign out.",
+                                         "Runs, checkpoints and usage stay; activate them again at any time.",
+                                     ], button="Yes, deactivate")
+        n = active.update(is_active=False)
+        logger.info("admin %s deactivated %d tenant(s)", request.user, n)
+        self.message_user(request, f"Deactivated {n} tenant(s); their keys stop working now.", messages.SUCCESS)
+        return None
 
     @admin.action(description="Activate")
     def activate(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
-        queryset.update(is_active=True)
+        n = queryset.filter(is_active=False).update(is_active=True)
+        self.message_user(request, f"Activated {n} tenant(s).", messages.SUCCESS)
+
+
+def _has_recorded_work(tenant: Tenant) -> bool:
+    return tenant.sessions.exists() or tenant.usage.exists()
 
 
 @admin.register(Quota)
 class QuotaAdmin(admin.ModelAdmin):
-    list_display = ["tenant", *Quota.LIMIT_FIELDS, *Quota.ADMISSION_FIELDS]
+    form = QuotaLimitsForm
+    list_display = ["tenant", "training_runs", "lora_rank", "sampling_sessions", "checkpoint_storage",
+                    "train_tokens", "sample_tokens", *Quota.ADMISSION_FIELDS]
     search_fields = ["tenant__name"]
     list_select_related = ["tenant"]
+
+    @admin.display(description="concurrent training runs", ordering="max_training_runs")
+    def training_runs(self, obj: Quota) -> str:
+        return format_limit(obj.max_training_runs)
+
+    @admin.display(description="largest LoRA rank", ordering="max_lora_rank")
+    def lora_rank(self, obj: Quota) -> str:
+        return format_limit(obj.max_lora_rank)
+
+    @admin.display(description="sampling sessions", ordering="max_sampling_sessions")
+    def sampling_sessions(self, obj: Quota) -> str:
+        return format_limit(obj.max_sampling_sessions)
+
+    @admin.display(description="checkpoint storage", ordering="max_checkpoint_bytes")
+    def checkpoint_storage(self, obj: Quota) -> str:
+        return format_size(obj.max_checkpoint_bytes)
+
+    @admin.display(description="training tokens per day", ordering="train_tokens_per_day")
+    def train_tokens(self, obj: Quota) -> str:
+        return format_limit(obj.train_tokens_per_day)
+
+    @admin.display(description="sampling tokens per day", ordering="sample_tokens_per_day")
+    def sample_tokens(self, obj: Quota) -> str:
+        return format_limit(obj.sample_tokens_per_day)
 
 
 @admin.register(DefaultQuota)
 class DefaultQuotaAdmin(admin.ModelAdmin):
     """A single row: the list goes straight to its form."""
 
+    form = QuotaLimitsForm
     fields = list(DefaultQuota.LIMIT_FIELDS)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -228,12 +303,19 @@ class ApiKeyAdmin(admin.ModelAdmin):
                              reverse("admin:sessions_app_apikey_changelist"))
 
     @admin.action(description="Revoke selected keys (they stop working at once)")
-    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse | None:
+        if not is_confirmed(request):
+            return confirmation_page(self, request, queryset.filter(revoked_at__isnull=True), action="revoke",
+                                     title="Revoke API keys?", consequences=[
+                                         "The SDK is refused (401) on its very next request with these keys.",
+                                         "Dashboard logins made with them end at once. This cannot be undone.",
+                                     ], button="Yes, revoke")
         keys = list(queryset.filter(revoked_at__isnull=True))
         for key in keys:
             do_revoke_api_key(key)
             logger.info("admin %s revoked key %s of tenant %s", request.user, key.prefix, key.tenant_id)
         self.message_user(request, f"Revoked {len(keys)} key(s).", messages.SUCCESS)
+        return None
 
 
 # -- client sessions ------------------------------------------------------------
@@ -262,9 +344,21 @@ class ClientSessionAdmin(admin.ModelAdmin):
         return int(obj.runs)
 
     @admin.action(description="Finish selected sessions (frees their adapters and quota)")
-    def finish(self, request: HttpRequest, queryset: QuerySet[ClientSession]) -> None:
-        for session in queryset.filter(status=ClientSession.Status.ACTIVE):
+    def finish(self, request: HttpRequest, queryset: QuerySet[ClientSession]) -> HttpResponse | None:
+        active = queryset.filter(status=ClientSession.Status.ACTIVE)
+        if not is_confirmed(request):
+            return confirmation_page(self, request, active, action="finish", title="Finish client sessions?",
+                                     consequences=[
+                                         "Every training run of these sessions is released and its adapter freed.",
+                                         "The SDK's next call in these sessions is refused (410 Gone).",
+                                         "Checkpoints stay and can be loaded from a new session.",
+                                     ], button="Yes, finish them")
+        sessions = list(active)
+        for session in sessions:
             do_finish_session(session, ClientSession.Status.FINISHED, f"finished by admin {request.user}")
+        self.message_user(request, f"Finished {len(sessions)} session(s); their runs are released.",
+                          messages.SUCCESS)
+        return None
 
 
 # -- usage ------------------------------------------------------------------------

@@ -20,7 +20,9 @@ from sessions_app.models import ClientSession, Tenant
 from dispatch.scheduler import Work
 from training_app import dispatch_registry, protocol
 from training_app.checkpoint_paths import TinkerPath, parse_tinker_path
+from training_app.futures import completion_hub
 from training_app.models import Checkpoint, Operation, TrainingRun
+from training_app.signals import run_released
 from tuft_project.exceptions import ApiError, NotFound
 
 logger = logging.getLogger(__name__)
@@ -145,7 +147,7 @@ def check_submit_run_op(
     if existing is not None:
         return existing
     if run.released:
-        raise NotFound(f"training run {run.id!r} has been released (its session ended)")
+        raise NotFound(f"training run {run.id!r} {release_reason(run)}")
     error = ""
     if validate is not None:
         try:
@@ -220,6 +222,7 @@ def do_release_runs_of_session(session: ClientSession) -> None:
     TrainingRun.objects.filter(id__in=run_ids).update(released=True)
     for run_id in run_ids:
         transaction.on_commit(lambda run_id=run_id: dispatch_registry.get_dispatcher().release_run(run_id))
+        transaction.on_commit(lambda run_id=run_id: run_released.send(sender=TrainingRun, run_id=run_id))
     # The unnamed sampler saves of save_weights_and_get_sampling_client are ephemeral:
     # only this session could sample them, so they expire with it (an RL loop makes
     # one per iteration). Housekeeping deletes them, files included.
@@ -227,6 +230,59 @@ def do_release_runs_of_session(session: ClientSession) -> None:
         training_run__session=session, kind=Checkpoint.Kind.SAMPLER, name__startswith=EPHEMERAL_PREFIX,
         public=False, expires_at__isnull=True,
     ).update(expires_at=timezone.now())
+
+
+def release_reason(run: TrainingRun) -> str:
+    """Why a released run takes no more operations, in words for the SDK user.
+
+    A run is released when its session ends, or earlier when an operator stops
+    it (``do_stop_run``): then its session is still active.
+    """
+    if run.session.status == ClientSession.Status.ACTIVE:
+        return "was released: stopped by an operator; create a new training client to continue"
+    return "has been released (its session ended)"
+
+
+def do_stop_run(run: TrainingRun, stopped_by: str) -> int:
+    """Stop a live run now: release it and fail its queued operations; return how many were cancelled.
+
+    The run no longer counts against the tenant's quota, its adapter is freed
+    by the worker (the same release path as a finished session), and the SDK's
+    next call on it is refused with a 404 that says it was stopped. An
+    operation already running finishes normally. Checkpoints stay.
+    """
+    with transaction.atomic():
+        if not TrainingRun.objects.filter(pk=run.pk, released=False).update(released=True):
+            return 0  # already released
+        queued = Operation.objects.filter(training_run_id=run.pk, status=Operation.Status.PENDING)
+        request_ids = list(queued.values_list("request_id", flat=True))
+        queued.update(status=Operation.Status.FAILED, error_category="user", finished_at=timezone.now(),
+                      error=f"training run {run.id} was stopped by an operator before this operation ran")
+        transaction.on_commit(lambda: dispatch_registry.get_dispatcher().release_run(run.id))
+        transaction.on_commit(lambda: run_released.send(sender=TrainingRun, run_id=run.id))
+    for request_id in request_ids:  # wake their long polls now rather than at the next database re-read
+        completion_hub.notify(request_id)
+    logger.info("run %s of tenant %s stopped by %s; %d queued operations cancelled",
+                run.id, run.tenant_id, stopped_by, len(request_ids))
+    return len(request_ids)
+
+
+def do_cancel_queued_operations(request_ids: list[str], cancelled_by: str) -> int:
+    """Fail those of ``request_ids`` that have not started yet; return how many.
+
+    A cancelled training operation keeps its place in its run's order: the
+    worker skips it as it skips an operation refused at submission, and later
+    operations of the run still execute. One already running finishes.
+    """
+    with transaction.atomic():
+        queued = Operation.objects.filter(request_id__in=request_ids, status=Operation.Status.PENDING)
+        cancelled = list(queued.values_list("request_id", flat=True))
+        queued.update(status=Operation.Status.FAILED, error_category="user", finished_at=timezone.now(),
+                      error="cancelled by an operator before it ran")
+    for request_id in cancelled:
+        completion_hub.notify(request_id)
+    logger.info("%s cancelled %d queued operations", cancelled_by, len(cancelled))
+    return len(cancelled)
 
 
 def do_record_checkpoint(

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.defaultfilters import filesizeformat
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
+from training_app.actions import do_cancel_queued_operations, do_stop_run
 from training_app.checkpoint_deletion import do_delete_checkpoints
 from training_app.models import Checkpoint, Operation, TrainingRun
+from tuft_project.admin_confirm import confirmation_page, is_confirmed
 
 
 class CheckpointInline(admin.TabularInline):
@@ -33,28 +36,34 @@ class CheckpointInline(admin.TabularInline):
 
 @admin.register(TrainingRun)
 class TrainingRunAdmin(admin.ModelAdmin):
-    list_display = ["id", "tenant", "base_model", "lora_rank", "state", "next_seq_id", "created_at",
+    """Read-only but for "stop": the lease and sequencing fields belong to the workers."""
+
+    list_display = ["name", "id", "tenant", "base_model", "lora_rank", "state", "next_seq_id", "created_at",
                     "last_request_at", "dashboard"]
     list_filter = ["released", "ready", "base_model", "lora_rank", "tenant"]
-    list_select_related = ["tenant"]
+    list_select_related = ["tenant", "session"]
     search_fields = ["id", "tenant__name", "session__id"]
     date_hierarchy = "created_at"
-    readonly_fields = ["id", "tenant", "session", "model_seq_id", "base_model", "lora_rank", "lora_seed",
+    readonly_fields = ["name", "id", "tenant", "session", "model_seq_id", "base_model", "lora_rank", "lora_seed",
                        "train_mlp", "train_attn", "train_unembed", "user_metadata", "next_seq_id", "ready",
-                       "released", "created_at", "last_request_at"]
+                       "released", "created_at", "last_request_at", "state_seq", "lease_owner", "lease_expires_at"]
     inlines = [CheckpointInline]
+    actions = ["stop"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # runs are created by SDK clients
 
-    # A run's checkpoints would go by cascade as bare rows: delete them (files included) first.
-    def delete_model(self, request: HttpRequest, obj: TrainingRun) -> None:
-        do_delete_checkpoints(list(obj.checkpoints.all()))
-        super().delete_model(request, obj)
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Deleting a run row would orphan its checkpoint files and its futures'
+        # history: stop it instead (its session's end cleans up the rest).
+        return False
 
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[TrainingRun]) -> None:
-        do_delete_checkpoints(list(Checkpoint.objects.filter(training_run__in=queryset)))
-        super().delete_queryset(request, queryset)
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TrainingRun]:
+        return super().get_queryset(request).select_related("session")
+
+    @admin.display(description="name")
+    def name(self, obj: TrainingRun) -> str:
+        return obj.display_name
 
     @admin.display(description="state")
     def state(self, obj: TrainingRun) -> str:
@@ -63,6 +72,25 @@ class TrainingRunAdmin(admin.ModelAdmin):
     @admin.display(description="loss curve")
     def dashboard(self, obj: TrainingRun) -> str:
         return format_html('<a href="{}">open</a>', reverse("dashboard:run", args=[obj.id]))
+
+    @admin.action(description="Stop selected runs (frees their adapters, cancels queued operations)",
+                  permissions=["view"])
+    def stop(self, request: HttpRequest, queryset: QuerySet[TrainingRun]) -> TemplateResponse | None:
+        live = queryset.filter(released=False)
+        if not live.exists():
+            self.message_user(request, "Those runs are already stopped or released.", messages.WARNING)
+            return None
+        if not is_confirmed(request):
+            return confirmation_page(self, request, live, action="stop", title="Stop training runs?", consequences=[
+                "Each run is released now: its adapter is freed and it no longer counts against its tenant's quota.",
+                "Its queued operations fail; an operation already running finishes.",
+                "The SDK's next call on the run is refused (404: stopped by an operator). Checkpoints stay.",
+            ], button="Yes, stop them")
+        runs = list(live)
+        cancelled = sum(do_stop_run(run, f"admin {request.user}") for run in runs)
+        self.message_user(request, f"Stopped {len(runs)} run(s); cancelled {cancelled} queued operation(s).",
+                          messages.SUCCESS)
+        return None
 
 
 @admin.register(Checkpoint)
@@ -105,6 +133,24 @@ class OperationAdmin(admin.ModelAdmin):
     readonly_fields = ["request_id", "tenant", "kind", "training_run", "sampling_session", "seq_id", "status",
                        "request", "result", "error", "error_category", "metrics", "num_tokens", "created_at",
                        "started_at", "finished_at"]
+
+    actions = ["cancel"]
+
+    @admin.action(description="Cancel selected queued operations (their futures fail)", permissions=["view"])
+    def cancel(self, request: HttpRequest, queryset: QuerySet[Operation]) -> TemplateResponse | None:
+        queued = queryset.filter(status=Operation.Status.PENDING)
+        if not queued.exists():
+            self.message_user(request, "None of those operations is still queued.", messages.WARNING)
+            return None
+        if not is_confirmed(request):
+            return confirmation_page(self, request, queued, action="cancel", title="Cancel queued operations?",
+                                     consequences=[
+                                         "Each future fails with 'cancelled by an operator'; the SDK raises it.",
+                                         "Later operations of the same run still run, in order.",
+                                     ], button="Yes, cancel them")
+        n = do_cancel_queued_operations(list(queued.values_list("request_id", flat=True)), f"admin {request.user}")
+        self.message_user(request, f"Cancelled {n} queued operation(s).", messages.SUCCESS)
+        return None
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Operation]:
         # Never load the request/result blobs (up to megabytes each) for a list.

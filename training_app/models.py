@@ -43,6 +43,17 @@ class TrainingRun(models.Model):
     def __str__(self) -> str:
         return self.id
 
+    @property
+    def display_name(self) -> str:
+        """A readable name: the ``name`` the client put in its metadata, else session and run number.
+
+        Reads ``session``: select it with the run when listing many.
+        """
+        name = str((self.user_metadata or {}).get("name") or "").strip()
+        if name:
+            return name[:80]
+        return f"{self.session.display_name or self.session_id} #{self.model_seq_id}"
+
 
 class Checkpoint(models.Model):
     class Kind(models.TextChoices):

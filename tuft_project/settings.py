@@ -195,6 +195,8 @@ CHANNEL_LAYERS = (
     {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [_LIVE_REDIS_URL]}}}
     if _LIVE_REDIS_URL else {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 )
+# django-rq's "Queues" admin section only where there are RQ queues (not in embedded mode).
+RQ_SHOW_ADMIN_LINK = bool(_LIVE_REDIS_URL)
 # Web side (admin and dashboard). Staff log in through the admin; tenants with an API key.
 LOGIN_URL = "/admin/login/"
 SESSION_COOKIE_HTTPONLY = True

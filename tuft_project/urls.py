@@ -61,5 +61,7 @@ urlpatterns = [
 ]
 
 handler400 = "tuft_project.exceptions.json_400"
-handler404 = "tuft_project.exceptions.json_404"
-handler500 = "tuft_project.exceptions.json_500"
+# JSON for the API and non-browser clients, an HTML page for browsers (dashboard, admin).
+handler403 = "dashboard_app.error_pages.forbidden"
+handler404 = "dashboard_app.error_pages.not_found"
+handler500 = "dashboard_app.error_pages.server_error"

@@ -169,10 +169,11 @@
       el("text", { x: f.W / 2, y: 30, "text-anchor": "middle", class: "empty-note" }, f.svg, opts.empty || "nothing yet");
       return;
     }
-    var top = Math.max.apply(null, rows.map(function (r) { return r.value; })) || 1, left = 250;
+    var top = Math.max.apply(null, rows.map(function (r) { return r.value; })) || 1;
+    var left = Math.min(250, Math.round(f.W * 0.42)), maxChars = Math.floor(left / 6.5);
     rows.forEach(function (r, i) {
       var y = 10 + i * 26, w = (f.W - left - 90) * r.value / top;
-      var label = r.label.length > 40 ? "…" + r.label.slice(-39) : r.label;
+      var label = r.label.length > maxChars ? "…" + r.label.slice(-(maxChars - 1)) : r.label;
       el("text", { x: left - 8, y: y + 13, "text-anchor": "end" }, f.svg, label);
       var bar = el("rect", { x: left, y: y, width: Math.max(1, w), height: 18, rx: 3, fill: PALETTE[0], class: "bar" }, f.svg);
       el("title", {}, bar, r.label);
@@ -184,7 +185,13 @@
     container.innerHTML = "";
     var W = 120, H = 28;
     var svg = el("svg", { viewBox: "0 0 " + W + " " + H }, container);
-    if (values.length < 2) { el("text", { x: 2, y: 18 }, svg, values.length ? fmt(values[0]) : "–"); return; }
+    if (!values.length) { el("text", { x: 2, y: 18, class: "spark-empty" }, svg, "no steps yet"); return; }
+    if (values.length === 1) {  // one step: a point on a flat line, and its value
+      el("line", { x1: 2, x2: W - 2, y1: H / 2, y2: H / 2, class: "spark-base" }, svg);
+      el("circle", { cx: W - 4, cy: H / 2, r: 3, fill: PALETTE[0] }, svg);
+      el("title", {}, svg, "1 step: " + fmt(values[0]));
+      return;
+    }
     var lo = Math.min.apply(null, values), hi = Math.max.apply(null, values);
     if (hi === lo) hi = lo + 1;
     var d = values.map(function (v, i) {

@@ -2,8 +2,9 @@
  *
  * The socket authenticates with the session cookie; the server refuses it for
  * other tenants' runs. On (re)connect the run socket sends a full snapshot, so
- * a dropped connection loses no points; code 4401 means "signed out" and stops
- * reconnecting.
+ * a dropped connection loses no points; code 4401 means "signed out" (a revoked
+ * key, a deactivated tenant, a logout elsewhere): the page goes to the login
+ * form at once rather than keep showing data.
  */
 (function () {
   "use strict";
@@ -26,7 +27,12 @@
       ws.onopen = function () { delay = 1000; setState("live", "live"); };
       ws.onmessage = function (e) { onMessage(JSON.parse(e.data)); };
       ws.onclose = function (e) {
-        if (e.code === 4401) { stopped = true; setState("signed out", "offline"); return; }
+        if (e.code === 4401) {
+          stopped = true; setState("signed out", "offline");
+          document.body.classList.add("signed-out");
+          location.assign("/dashboard/login/?next=" + encodeURIComponent(location.pathname));
+          return;
+        }
         setState("reconnecting…", "offline");
         if (!stopped) setTimeout(open, delay);
         delay = Math.min(delay * 2, 15000);
@@ -38,15 +44,20 @@
   function runPage() {
     var detail = data("run-data");
     var box = document.getElementById("loss-chart");
-    var chart = TuftCharts.lineChart(box, { height: 320, xLabel: "step", integerX: true, empty: "waiting for the first forward_backward…" });
-    var points = {};  // step -> point: one per step even if a point arrives twice
-    function add(p) { points[p.step] = p; }
-    function draw() {
-      var list = Object.keys(points).map(function (k) { return points[k]; }).sort(function (a, b) { return a.step - b.step; });
-      chart.update([{ name: "loss:sum", points: list.map(function (p) { return { x: p.step, y: p.loss }; }) }]);
+    var chart = TuftMetrics.mount(box, document.getElementById("metric-toolbar"), data("run-metrics"));
+    var seen = {};  // steps already counted: a point may arrive twice (snapshot and event)
+    detail.points.forEach(function (p) { seen[p.step] = true; });
+    // Live events say "something changed"; the metrics table is fetched again (at most one fetch in flight).
+    var fetching = false, stale = false;
+    function refresh() {
+      if (fetching) { stale = true; return; }
+      fetching = true; stale = false;
+      fetch(box.dataset.metricsUrl, { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (run) { if (run) chart.update({ runs: [run] }); })
+        .catch(function () {})
+        .then(function () { fetching = false; if (stale) refresh(); });
     }
-    detail.points.forEach(add);
-    draw();
 
     // Completed operations by kind, plus failures: counts that only grow, so live events can add to them.
     var kinds = ["create_model", "forward_backward", "forward", "optim_step", "save_weights", "save_weights_for_sampler", "load_weights"];
@@ -59,19 +70,31 @@
     drawOps();
 
     var last = document.getElementById("last-event");
+    var badge = document.getElementById("run-badge"), stateEl = document.getElementById("run-state");
+    function showState(state) {
+      badge.textContent = state; badge.className = "badge " + state;
+      if (state === "stopped" || state === "released") { stateEl.textContent = "run ended"; stateEl.className = "live-state ended"; }
+    }
+    if (detail.state === "stopped" || detail.state === "released") showState(detail.state);
     socket("/ws/dashboard/runs/" + encodeURIComponent(box.dataset.runId) + "/", function (msg) {
-      if (msg.type === "snapshot") { msg.points.forEach(add); draw(); }
+      if (msg.type === "snapshot") { msg.points.forEach(function (p) { seen[p.step] = true; }); refresh(); }
       else if (msg.type === "loss.point") {
-        var fresh = !points[msg.point.step];
-        add(msg.point); draw();
+        var fresh = !seen[msg.point.step];
+        seen[msg.point.step] = true; refresh();
         if (fresh) { done.forward_backward = (done.forward_backward || 0) + 1; drawOps(); }
         last.textContent = "step " + msg.point.step + ": loss " + TuftCharts.fmt(msg.point.loss);
       } else if (msg.type === "run.op") {
         if (msg.status === "failed") failed += 1; else done[msg.kind] = (done[msg.kind] || 0) + 1;
         drawOps();
+        if (msg.kind === "optim_step") refresh();  // brings the learning rate and optimizer metrics
         last.textContent = msg.kind + " " + msg.status;
+      } else if (msg.type === "run.released") {
+        showState("released");
+      } else if (msg.type === "run.summary") {
+        document.getElementById("run-checkpoints-live").innerHTML = msg.checkpoints_html;
+        showState(msg.state);
       }
-    }, document.getElementById("run-state"));
+    }, detail.state === "stopped" || detail.state === "released" ? null : stateEl);
   }
 
   function overviewPage() {
@@ -83,9 +106,22 @@
       { name: "sampled", values: u.sampled }
     ], u.labels);
     TuftCharts.hbarChart(document.getElementById("storage-chart"), d.storage, { format: TuftCharts.bytes, empty: "no checkpoints yet" });
-    document.querySelectorAll("[data-spark]").forEach(function (cell) {
-      TuftCharts.sparkline(cell, d.sparks[cell.dataset.spark] || []);
-    });
+    function drawSparks(sparks) {
+      document.querySelectorAll("[data-spark]").forEach(function (cell) {
+        TuftCharts.sparkline(cell, sparks[cell.dataset.spark] || []);
+      });
+    }
+    drawSparks(d.sparks);
+    // Server-rendered tables, replaced whole when the server says they changed.
+    function onTables(msg) {
+      var runsBox = document.getElementById("runs-live"), ticked = {};
+      runsBox.querySelectorAll("input[name=runs]:checked").forEach(function (c) { ticked[c.value] = true; });
+      runsBox.innerHTML = msg.runs_html;
+      runsBox.querySelectorAll("input[name=runs]").forEach(function (c) { c.checked = !!ticked[c.value]; });
+      document.getElementById("checkpoints-live").innerHTML = msg.checkpoints_html;
+      document.getElementById("sessions-live").innerHTML = msg.sessions_html;
+      drawSparks(msg.sparks);
+    }
 
     var minuteLabels = [];
     for (var i = 59; i >= 0; i--) minuteLabels.push(i === 0 ? "now" : "-" + i + "m");
@@ -123,12 +159,33 @@
       });
     }
     onStatus(d.status);
-    socket("/ws/dashboard/status/", function (msg) { if (msg.type === "status") onStatus(msg); }, document.getElementById("status-state"));
+    socket("/ws/dashboard/status/", function (msg) {
+      if (msg.type === "status") onStatus(msg);
+      else if (msg.type === "overview") onTables(msg);
+    }, document.getElementById("status-state"));
   }
 
   document.addEventListener("DOMContentLoaded", function () {
     var page = document.body.dataset.page;
     if (page === "run") runPage();
     else if (page === "overview") overviewPage();
+    else if (page === "tenant") {
+      var u = data("tenant-usage"), sparks = data("tenant-sparks");
+      TuftCharts.barChart(document.getElementById("tenant-usage-chart"), { stacked: true, every: 5 }).update([
+        { name: "training", values: u.training }, { name: "prefill", values: u.prefill }, { name: "sampled", values: u.sampled }
+      ], u.labels);
+      TuftCharts.barChart(document.getElementById("tenant-storage-chart"), { every: 5, format: TuftCharts.bytes }).update([
+        { name: "checkpoint bytes", values: u.storage }
+      ], u.labels);
+      document.querySelectorAll("[data-spark]").forEach(function (cell) { TuftCharts.sparkline(cell, sparks[cell.dataset.spark] || []); });
+    }
+    else if (page === "status") {
+      socket("/ws/dashboard/status/?page=status", function (msg) {
+        if (msg.type === "dispatch") document.getElementById("status-detail").innerHTML = msg.html;
+      }, document.getElementById("status-state"));
+    }
+    else if (page === "compare" && document.getElementById("compare-chart")) {
+      TuftMetrics.mount(document.getElementById("compare-chart"), document.getElementById("compare-toolbar"), data("compare-metrics"));
+    }
   });
 })();
