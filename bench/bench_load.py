@@ -11,8 +11,8 @@ the local Redis, namespace of its own), then for ``--duration`` seconds
 * ``--clients`` SDK clients (each its own ``ServiceClient`` and LoRA run on the
   built-in tiny model, spread over ``--tenants`` tenants) loop
   ``forward_backward`` + ``optim_step`` on a 1x16-token batch;
-* a probe finishes an operation of its own and then times ``retrieve_future``
-  on that *ready* result with plain HTTP, every ``--probe-interval`` seconds.
+* a probe times ``retrieve_future`` on a *ready* result (its latest finished
+  operation) with plain HTTP, every ``--probe-interval`` seconds.
 
 Prints throughput (operations/s over the timed window), the submission-to-result
 latency of the clients' operations, and the ready-result latency (p50/p99/max).
@@ -104,40 +104,48 @@ def _until_done(http: httpx.Client, request_id: str) -> httpx.Response:
 
 def probe_loop(url: str, key: str, interval: float, start: threading.Event, deadline: list[float],
                figures: Figures) -> None:
-    """Finish an operation, then time plain-HTTP retrieve_future calls on its ready result.
+    """Time plain-HTTP retrieve_future calls on ready results, every ``interval`` seconds.
 
     Plain HTTP (the protocol's create_session / create_model / optim_step) so that
-    the probe knows each future's request id.
+    the probe knows each future's request id. A second thread keeps finishing
+    new optim_steps (they queue behind the clients' work); the probe always asks
+    for the latest finished one.
     """
+    latest: list[str] = []
     try:
         with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60) as http:
             session_id = http.post("/api/v1/create_session", json={"tags": ["probe"], "user_metadata": {},
-                                                                    "sdk_version": "0.38.0"}
-                                   ).json()["session_id"]
+                                                                    "sdk_version": "0.38.0"}).json()["session_id"]
             created = http.post("/api/v1/create_model", json={
                 "session_id": session_id, "model_seq_id": 0, "base_model": MODEL, "lora_config": {"rank": 4},
                 "type": "create_model"}).json()["request_id"]
             model_id = _until_done(http, created).json()["model_id"]
+            latest.append(created)
+
+            def finish_steps() -> None:
+                with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60) as steps:
+                    seq = 1
+                    while time.monotonic() < deadline[0]:
+                        request_id = steps.post("/api/v1/optim_step", json={
+                            "model_id": model_id, "seq_id": seq, "type": "optim_step",
+                            "adam_params": {"learning_rate": 1e-3}}).json()["request_id"]
+                        seq += 1
+                        if _until_done(steps, request_id).status_code == 200:
+                            latest.append(request_id)
+
             start.wait()
-            seq = 1
+            threading.Thread(target=finish_steps, daemon=True).start()
             while time.monotonic() < deadline[0]:
-                request_id = http.post("/api/v1/optim_step", json={
-                    "model_id": model_id, "seq_id": seq, "type": "optim_step",
-                    "adam_params": {"learning_rate": 1e-3}}).json()["request_id"]
-                seq += 1
-                if _until_done(http, request_id).status_code != 200:
-                    raise RuntimeError(f"optim_step {request_id} failed")
-                for _ in range(5):
-                    t0 = time.monotonic()
-                    r = http.post("/api/v1/retrieve_future", json={"request_id": request_id,
-                                                                   "allow_metadata_only": False})
-                    elapsed = time.monotonic() - t0
-                    if r.status_code != 200 or r.json().get("type") == "try_again":
-                        raise RuntimeError(f"a ready result was not answered: {r.status_code} {r.text[:200]}")
-                    if time.monotonic() <= deadline[0]:
-                        with figures.lock:
-                            figures.ready_latency.append(elapsed)
-                    time.sleep(interval)
+                request_id = latest[-1]
+                t0 = time.monotonic()
+                r = http.post("/api/v1/retrieve_future", json={"request_id": request_id, "allow_metadata_only": False})
+                elapsed = time.monotonic() - t0
+                if r.status_code != 200 or r.json().get("type") == "try_again":
+                    raise RuntimeError(f"a ready result was not answered: {r.status_code} {r.text[:200]}")
+                if time.monotonic() <= deadline[0]:
+                    with figures.lock:
+                        figures.ready_latency.append(elapsed)
+                time.sleep(interval)
     except Exception as exc:
         with figures.lock:
             figures.errors.append(f"probe: {type(exc).__name__}: {exc}")
