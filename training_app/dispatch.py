@@ -103,6 +103,7 @@ class EmbeddedDispatcher:
         # Entries are (request_id, run_id, seq_id); run and seq are None for sampling.
         self._train_ready: deque[tuple[str, str | None, int | None]] = deque()
         self._sample_ready: deque[tuple[str, str | None, int | None]] = deque()
+        self._stopping = False  # set by stop(): lanes end after their current operation
         self._threads = [
             threading.Thread(target=self._loop, args=(self._train_ready, True), name="tuft-train", daemon=True),
             threading.Thread(target=self._loop, args=(self._sample_ready, False), name="tuft-sample", daemon=True),
@@ -126,6 +127,20 @@ class EmbeddedDispatcher:
             self._train_ready.append((_RELEASE + run_id, None, None))
             self._cond.notify_all()
 
+    def stop(self, timeout_s: float) -> bool:
+        """Let each lane finish the operation it is running, then end it; queued ones never start.
+
+        Returns True if every lane ended within ``timeout_s``. Used by the
+        server's graceful shutdown (tuft_project.shutdown).
+        """
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
     def queue_depth(self) -> dict[str, int]:
         with self._cond:
             waiting = sum(len(q) for q in self._ordering.pending.values())
@@ -140,11 +155,13 @@ class EmbeddedDispatcher:
     def _loop(self, queue: deque[tuple[str, str | None, int | None]], ordered: bool) -> None:
         while True:
             with self._cond:
-                while not queue:
+                while not queue and not self._stopping:
                     # Wake up now and then to apply the seq-gap timeout.
                     self._cond.wait(timeout=1.0)
                     if ordered:
                         self._promote()
+                if self._stopping:
+                    return
                 request_id, run_id, seq_id = queue.popleft()
             try:
                 if request_id.startswith(_RELEASE):

@@ -38,7 +38,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -221,7 +220,6 @@ class HandoffHooks(ExecutionHooks):
         self.local.mark(run.id, op.seq_id)
 
     def persist(self, engine: Engine, op: Operation) -> None:
-        _failpoint(op)
         run = op.training_run
         if run is not None and op.kind in STATE_KINDS and op.seq_id is not None:
             # Under a name of its own: this worker may have lost the lease by now
@@ -262,20 +260,3 @@ class HandoffHooks(ExecutionHooks):
         held = TrainingRun.objects.select_for_update().filter(pk=op.training_run_id, lease_owner=self.worker).exists()
         if not held:
             raise Superseded(f"worker {self.worker} lost the lease of run {op.training_run_id}")
-
-
-def _failpoint(op: Operation) -> None:
-    """Test hook: ``TUFT_FAILPOINT=<kind>:<marker file>[,<kind>:<marker file>...]``.
-
-    The first operation of such a kind stalls right after the engine applied it
-    in memory and before anything is persisted, so that a test can SIGKILL the
-    worker mid-step; the worker writes its pid to the marker first. Each marker
-    fires once (it exists afterwards), so the retry goes through.
-    """
-    for entry in filter(None, os.environ.get("TUFT_FAILPOINT", "").split(",")):
-        kind, _, marker = entry.partition(":")
-        if op.kind != kind or not marker or os.path.exists(marker):
-            continue
-        Path(marker).write_text(str(os.getpid()))
-        logger.warning("failpoint: stalling %s %s before it is persisted", op.kind, op.request_id)
-        time.sleep(3600)

@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from daphne.cli import CommandLineInterface
 
+    from tuft_project import shutdown
+
+    graceful = shutdown.install()  # SIGTERM/SIGINT: finish running work, then exit 0 (tuft_project.shutdown)
     CommandLineInterface().run(["--bind", args.host, "--port", str(args.port), "tuft_project.asgi:application"])
+    shutdown.exit_process(0 if graceful.started is not None else 1)  # daphne stopped on its own: it failed
     return 0
 
 
