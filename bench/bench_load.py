@@ -9,10 +9,11 @@ the local Redis, namespace of its own), then for ``--duration`` seconds
 ``--duration`` + 5 minutes at most):
 
 * ``--clients`` SDK clients (each its own ``ServiceClient`` and LoRA run on the
-  built-in tiny model, spread over ``--tenants`` tenants) loop
+  built-in tiny model, spread over ``--tenants`` tenants and ``--processes``
+  processes) loop
   ``forward_backward`` + ``optim_step`` on a 1x16-token batch;
-* a probe times ``retrieve_future`` on a *ready* result (its latest finished
-  operation) with plain HTTP, every ``--probe-interval`` seconds.
+* a probe (a process of its own) times ``retrieve_future`` on a *ready* result
+  (its latest finished operation) with plain HTTP, every ``--probe-interval`` s.
 
 Prints throughput (operations/s over the timed window), the submission-to-result
 latency of the clients' operations, and the ready-result latency (p50/p99/max).
@@ -22,6 +23,7 @@ Compare figures within one machine state only: other load skews all of them.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import random
 import statistics
@@ -30,6 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -151,34 +154,73 @@ def probe_loop(url: str, key: str, interval: float, start: threading.Event, dead
             figures.errors.append(f"probe: {type(exc).__name__}: {exc}")
 
 
-def run_load(url: str, keys: list[str], clients: int, duration: float, vocab: int, probe_interval: float) -> dict:
+def process_main(role: str, url: str, keys: list[str], first: int, count: int, vocab: int, probe_interval: float,
+                 ready: Any, start: Any, deadline: Any, results: Any) -> None:
+    """One load process: ``count`` SDK clients, or the probe. Reports its figures on ``results``."""
     figures = Figures()
-    start = threading.Event()
-    deadline = [float("inf")]
-    threads = [threading.Thread(target=client_loop, args=(url, keys[i % len(keys)], vocab, i, start, deadline, figures),
-                                daemon=True) for i in range(clients)]
-    threads.append(threading.Thread(target=probe_loop, args=(url, keys[0], probe_interval, start, deadline, figures), daemon=True))
+    local_start = threading.Event()
+    local_deadline = [float("inf")]
+    if role == "probe":
+        threads = [threading.Thread(target=probe_loop, args=(url, keys[0], probe_interval, local_start,
+                                                             local_deadline, figures), daemon=True)]
+    else:
+        threads = [threading.Thread(target=client_loop, args=(url, keys[i % len(keys)], vocab, i, local_start,
+                                                              local_deadline, figures), daemon=True)
+                   for i in range(first, first + count)]
     for t in threads:
         t.start()
     warmup_until = time.monotonic() + 600
-    while figures.clients_ready + len(figures.errors) < clients and time.monotonic() < warmup_until:
+    while (role == "clients" and figures.clients_ready + len(figures.errors) < count
+           and time.monotonic() < warmup_until):
         time.sleep(0.5)
-    print(f"{figures.clients_ready} clients warmed up ({len(figures.errors)} failed); timing {duration:.0f} s",
-          flush=True)
-    t0 = time.monotonic()
-    deadline[0] = t0 + duration
-    start.set()
+    with ready.get_lock():
+        ready.value += 1
+    start.wait()
+    local_deadline[0] = deadline.value  # CLOCK_MONOTONIC is shared by the processes of one machine
+    local_start.set()
     for t in threads:
-        t.join(timeout=max(1.0, deadline[0] + 300 - time.monotonic()))
-    window = duration
+        t.join(timeout=max(1.0, deadline.value + 300 - time.monotonic()))
+    results.put({"op_latency": figures.op_latency, "ready_latency": figures.ready_latency,
+                 "errors": figures.errors, "clients_ready": figures.clients_ready})
+    results.close()
+    results.join_thread()  # the figures are sent before the process ends
+    os._exit(0)  # SDK clients keep heartbeat threads alive
+
+
+def run_load(url: str, keys: list[str], clients: int, duration: float, vocab: int, probe_interval: float,
+             processes: int) -> dict:
+    """Clients spread over ``processes`` processes and the probe in one of its own, so that the
+    load generator's own GIL does not inflate the latencies it measures."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, start, deadline, results = ctx.Value("i", 0), ctx.Event(), ctx.Value("d", 0.0), ctx.Queue()
+    per = -(-clients // processes)
+    roles = [("clients", first, min(per, clients - first)) for first in range(0, clients, per)] + [("probe", 0, 0)]
+    procs = [ctx.Process(target=process_main, args=(role, url, keys, first, count, vocab, probe_interval, ready,
+                                                    start, deadline, results), daemon=True)
+             for role, first, count in roles]
+    for p in procs:
+        p.start()
+    warmup_until = time.monotonic() + 900
+    while ready.value < len(procs) and time.monotonic() < warmup_until:
+        time.sleep(0.5)
+    deadline.value = time.monotonic() + duration
+    start.set()
+    merged = Figures()
+    for _ in procs:
+        part = results.get(timeout=max(1.0, deadline.value + 400 - time.monotonic()))
+        merged.op_latency += part["op_latency"]
+        merged.ready_latency += part["ready_latency"]
+        merged.errors += part["errors"]
+        merged.clients_ready += part["clients_ready"]
+    print(f"{merged.clients_ready} clients warmed up; timed {duration:.0f} s", flush=True)
     return {
-        "ops_per_s": len(figures.op_latency) / window,
-        "ops": len(figures.op_latency),
-        "op_p50": percentile(figures.op_latency, 0.50), "op_p99": percentile(figures.op_latency, 0.99),
-        "ready_n": len(figures.ready_latency),
-        "ready_p50": percentile(figures.ready_latency, 0.50), "ready_p99": percentile(figures.ready_latency, 0.99),
-        "ready_max": max(figures.ready_latency, default=float("nan")),
-        "errors": figures.errors,
+        "ops_per_s": len(merged.op_latency) / duration,
+        "ops": len(merged.op_latency),
+        "op_p50": percentile(merged.op_latency, 0.50), "op_p99": percentile(merged.op_latency, 0.99),
+        "ready_n": len(merged.ready_latency),
+        "ready_p50": percentile(merged.ready_latency, 0.50), "ready_p99": percentile(merged.ready_latency, 0.99),
+        "ready_max": max(merged.ready_latency, default=float("nan")),
+        "errors": merged.errors,
     }
 
 
@@ -189,6 +231,7 @@ def main() -> None:
     p.add_argument("--tenants", type=int, default=10, help="tenants the clients are spread over")
     p.add_argument("--mode", choices=["embedded", "redis"], default="embedded")
     p.add_argument("--probe-interval", type=float, default=0.2, help="seconds between ready-result probes")
+    p.add_argument("--processes", type=int, default=4, help="processes the clients are spread over")
     args = p.parse_args()
 
     from engine.tiny_model import SIZES, build_tiny_model
@@ -214,7 +257,8 @@ def main() -> None:
             url, stop, create_tenant = cluster.url, cluster.stop, cluster.create_tenant
         try:
             keys = [create_tenant(f"t{i}") for i in range(args.tenants)]
-            figures = run_load(url, keys, args.clients, args.duration, SIZES["tiny"].vocab_size, args.probe_interval)
+            figures = run_load(url, keys, args.clients, args.duration, SIZES["tiny"].vocab_size, args.probe_interval,
+                               args.processes)
         finally:
             stop()
     print(f"mode {args.mode}; {args.clients} SDK clients over {args.tenants} tenants; {args.duration:.0f} s timed; "
