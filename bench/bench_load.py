@@ -23,6 +23,7 @@ Compare figures within one machine state only: other load skews all of them.
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing
 import os
 import random
@@ -157,6 +158,7 @@ def probe_loop(url: str, key: str, interval: float, start: threading.Event, dead
 def process_main(role: str, url: str, keys: list[str], first: int, count: int, vocab: int, probe_interval: float,
                  ready: Any, start: Any, deadline: Any, results: Any) -> None:
     """One load process: ``count`` SDK clients, or the probe. Reports its figures on ``results``."""
+    logging.getLogger("tinker").setLevel(logging.ERROR)  # one "try_again" warning per long poll otherwise
     figures = Figures()
     local_start = threading.Event()
     local_deadline = [float("inf")]

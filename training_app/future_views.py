@@ -8,9 +8,9 @@ once, so answering immediately would make it spin.
 
 While waiting it does nothing until a completion event arrives
 (``training_app.futures``): it reads the database once per request and once
-per wake-up, never on a timer. Those reads run on a small pool of threads of
-their own, not on Django's one thread for sync code, so that a ready result is
-answered at once however busy the sync views are (docs/performance.md).
+per wake-up, never on a timer (at 100 clients the old once-a-second re-read
+per waiter kept the event loop busy). The reads run on a small pool of
+long-lived threads rather than a fresh thread per request.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 _R = TypeVar("_R")
 
 # Threads for this view's database reads. A few are enough: each read is one
-# indexed lookup, and waiting polls hold no thread.
+# indexed lookup, and waiting polls hold no thread. (Django's own sync_to_async
+# would start a new thread for every request: one per ThreadSensitiveContext.)
 _READERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tuft-poll")
 
 

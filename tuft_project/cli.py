@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tuft",
         description="Serve the Tinker fine-tuning API (LoRA training and sampling) for many tenants.",
+        epilog="SIGTERM/SIGINT: start no new operation, let running ones finish (at most "
+               "$TUFT_SHUTDOWN_TIMEOUT_S, default 30 s), fail queued ones with a clear error, exit 0.",
     )
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")

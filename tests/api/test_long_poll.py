@@ -95,12 +95,11 @@ def database_write_lock(server: LiveServer) -> Iterator[None]:
 
 
 def test_a_ready_result_is_answered_while_sync_views_are_stuck(quiet_server: LiveServer) -> None:
-    """Under daphne all sync views share one thread; a poll must not queue behind them.
+    """A poll of a finished operation answers while another request is stuck on the database's write lock.
 
-    A create_session stuck on the database's write lock holds that thread. The
-    poll of a finished operation still answers at once (it reads on threads of
-    its own); before, it waited for the stuck request (here: until the lock is
-    released after the poll's 20 s timeout).
+    (Behaviour check: Django runs each async request's sync code on a thread of
+    its own, so this held before the reader pool too; it guards against a poll
+    that writes, or queues behind a shared thread.)
     """
     key = quiet_server.keys["alice"]
     model_id = new_run(quiet_server, key)
