@@ -36,6 +36,25 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(f.fileno())
 
 
+def move_into_place(source: Path, final: Path) -> None:
+    """Rename the complete directory ``source`` to ``final``, replacing what is there.
+
+    If the last rename fails (e.g. ``source`` vanished) the previous ``final``
+    is put back: a failed write never destroys the checkpoint it would replace.
+    """
+    if not final.exists():
+        os.rename(source, final)
+        return
+    trash = final.parent / f".old-{final.name}-{uuid.uuid4().hex}"
+    os.rename(final, trash)
+    try:
+        os.rename(source, final)
+    except BaseException:
+        os.rename(trash, final)
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 @contextmanager
 def atomic_directory(final: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory; on success it becomes ``final`` in one rename."""
@@ -47,13 +66,7 @@ def atomic_directory(final: Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_tree(tmp)
-        if final.exists():
-            trash = final.parent / f".old-{final.name}-{uuid.uuid4().hex}"
-            os.rename(final, trash)
-            os.rename(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
+        move_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -25,7 +25,6 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from peft import PeftModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from engine import checkpoints
 from engine.model_host import ModelHost

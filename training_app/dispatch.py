@@ -94,6 +94,7 @@ class EmbeddedDispatcher:
         # the training lane takes both before anything else, in that order.
         self._dropped: deque[Work] = deque()
         self._releases: deque[str] = deque()
+        self._stopping = False  # set by stop(): lanes end after their current operation
         self._threads = [
             threading.Thread(target=self._serve, args=(self._train_once, "training"), name="tuft-train",
                              daemon=True),
@@ -128,6 +129,20 @@ class EmbeddedDispatcher:
             self._releases.append(run_id)
             self._cond.notify_all()
 
+    def stop(self, timeout_s: float) -> bool:
+        """Let each lane finish the operation it is running, then end it; queued ones never start.
+
+        Returns True if every lane ended within ``timeout_s``. Used by the
+        server's graceful shutdown (tuft_project.shutdown).
+        """
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
     # -- observability --------------------------------------------------------------
 
     def queue_depth(self) -> dict[str, int]:
@@ -143,7 +158,7 @@ class EmbeddedDispatcher:
 
     def _serve(self, once: Callable[[], None], lane: str) -> None:
         """Run a lane forever: an unexpected error is logged and the lane carries on."""
-        while True:
+        while not self._stopping:
             try:
                 once()
             except Exception:
@@ -162,9 +177,13 @@ class EmbeddedDispatcher:
     def _train_once(self) -> None:
         with self._cond:
             while not (self._dropped or self._releases or len(self._train)):
+                if self._stopping:
+                    return
                 # Wake up now and then to apply the seq-gap timeout.
                 self._cond.wait(timeout=1.0)
                 self._promote()
+            if self._stopping:
+                return
             release = None
             if self._dropped:
                 batch = [self._dropped.popleft()]
@@ -188,7 +207,11 @@ class EmbeddedDispatcher:
     def _sample_once(self) -> None:
         with self._cond:
             while not len(self._sample):
-                self._cond.wait()
+                if self._stopping:
+                    return
+                self._cond.wait(timeout=1.0)
+            if self._stopping:
+                return
             limits = self._limits
             batch = self._sample.next_batch(limits.sample_batch_tokens, limits.sample_batch_max)
         self._run(batch)

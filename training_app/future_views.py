@@ -5,33 +5,61 @@ thread, so a sync long poll would stall all other requests. It holds the
 request open until the operation finishes or ``TUFT_LONG_POLL_S`` passes
 (< 45 s, the SDK's timeout), then answers ``try_again``; the SDK re-polls at
 once, so answering immediately would make it spin.
+
+While waiting it does nothing until a completion event arrives
+(``training_app.futures``): it reads the database once per request and once
+per wake-up, never on a timer (at 100 clients the old once-a-second re-read
+per waiter kept the event loop busy). The reads run on a small pool of
+long-lived threads rather than a fresh thread per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
 
 import pydantic
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.exceptions import ParseError
 from tinker import types as T
 
 from sessions_app.authentication import tenant_for_key
-from training_app.futures import completion_hub
+from sessions_app.models import Tenant
+from training_app.futures import completion_hub, completion_sweeper
 from training_app.models import Operation
 from tuft_project.exceptions import error_body
 from tuft_project.parsers import decode_json
 
 logger = logging.getLogger(__name__)
 
-# How often a waiting poll re-reads the database even without a notification
-# (results written by another process, e.g. an RQ worker, only show up there).
-RECHECK_S = 1.0
+_R = TypeVar("_R")
+
+# Threads for this view's database reads. A few are enough: each read is one
+# indexed lookup, and waiting polls hold no thread. (Django's own sync_to_async
+# would start a new thread for every request: one per ThreadSensitiveContext.)
+_READERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tuft-poll")
+
+
+async def _read(fn: Callable[..., _R], *args: object) -> _R:
+    """Run ``fn(*args)`` on a reader thread; its connection obeys CONN_MAX_AGE like a request's."""
+
+    def call() -> _R:
+        try:
+            return fn(*args)
+        finally:
+            close_old_connections()
+
+    return await asyncio.get_running_loop().run_in_executor(_READERS, call)
+
+
+def _find_operation(tenant: Tenant, request_id: str) -> Operation | None:
+    return Operation.objects.filter(tenant=tenant, request_id=request_id).first()
 
 
 def render_operation(op: Operation) -> HttpResponse:
@@ -46,7 +74,7 @@ def render_operation(op: Operation) -> HttpResponse:
 async def retrieve_future(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         return JsonResponse(error_body("method not allowed", "method_not_allowed"), status=405)
-    found = await sync_to_async(tenant_for_key)(request.headers.get("X-API-Key"))
+    found = await _read(tenant_for_key, request.headers.get("X-API-Key"))
     if found is None:
         return JsonResponse(error_body("invalid or missing API key", "not_authenticated"), status=401)
     tenant, _ = found
@@ -60,9 +88,10 @@ async def retrieve_future(request: HttpRequest) -> HttpResponse:
         return JsonResponse(error_body(f"invalid retrieve_future body: {exc}", "invalid_request"), status=400)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + float(settings.TUFT_LONG_POLL_S)
+    completion_sweeper.ensure_running(float(settings.TUFT_LONG_POLL_SWEEP_S))
     with completion_hub.subscribe(body.request_id) as finished:
         while True:
-            op = await Operation.objects.filter(tenant=tenant, request_id=body.request_id).afirst()
+            op = await _read(_find_operation, tenant, body.request_id)
             if op is None:
                 return JsonResponse(error_body(f"future {body.request_id!r} not found", "not_found"), status=404)
             if op.is_done:
@@ -71,7 +100,7 @@ async def retrieve_future(request: HttpRequest) -> HttpResponse:
             if remaining <= 0:
                 return JsonResponse({"type": "try_again", "request_id": op.request_id, "queue_state": "active"})
             try:
-                await asyncio.wait_for(finished.wait(), min(RECHECK_S, remaining))
+                await asyncio.wait_for(finished.wait(), remaining)
             except asyncio.TimeoutError:
                 pass
             finished.clear()

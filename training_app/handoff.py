@@ -26,6 +26,13 @@ Rules (docs/distributed.md explains the design):
 * **Fencing.** An outcome is committed only if the worker still holds the run's
   lease and the operation is still its own; otherwise nothing is recorded
   (``Superseded``) and the worker forgets its copy of the run.
+* **A worker that lost its lease destroys nothing.** It writes an automatic
+  checkpoint under a name of its own (``.staged-seq-{seq}-…``) and moves it to
+  ``seq-{seq}`` only inside the transaction that checks its lease, with the
+  run's row locked, so no other worker can take the run over meanwhile. A
+  worker that lost the lease deletes only its own staged copy. Pruning deletes
+  only finished ``seq-*`` checkpoints *older* than the one kept, never a newer
+  one or another worker's files in progress.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -43,6 +51,7 @@ from django.conf import settings
 from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
 from django.db.models.functions import Now
 
+from engine.checkpoints import move_into_place
 from engine.types import EngineError, UserInputError
 from training_app.jobs import HANDLERS, ExecutionHooks, OutcomeRejected
 from training_app.models import Operation, TrainingRun
@@ -114,17 +123,28 @@ def state_checkpoint(run: TrainingRun, seq: int) -> Path:
     return run_state_dir(run) / f"seq-{seq}"
 
 
+def staged_checkpoint(run: TrainingRun, seq: int) -> Path:
+    """Where a worker writes a run's state before it may publish it as ``seq-{seq}``."""
+    return run_state_dir(run) / f".staged-seq-{seq}-{uuid.uuid4().hex}"
+
+
 def prune_state(run: TrainingRun, keep_seq: int | None) -> None:
-    """Delete a run's automatic checkpoints other than ``keep_seq`` (None: all of them)."""
+    """Delete a run's automatic checkpoints older than ``keep_seq`` (None: the whole directory).
+
+    Only finished ``seq-N`` directories with N < ``keep_seq`` go: a caller that
+    read an outdated ``state_seq`` must not delete a newer state, nor another
+    worker's staged or temporary files still being written.
+    """
     directory = run_state_dir(run)
-    if not directory.exists():
-        return
-    keep = f"seq-{keep_seq}" if keep_seq is not None else None
-    for child in directory.iterdir():
-        if child.name != keep:
-            shutil.rmtree(child, ignore_errors=True)
     if keep_seq is None:
         shutil.rmtree(directory, ignore_errors=True)
+        return
+    if not directory.exists():
+        return
+    for child in directory.iterdir():
+        name, _, seq = child.name.partition("-")
+        if name == "seq" and seq.isdigit() and int(seq) < keep_seq:
+            shutil.rmtree(child, ignore_errors=True)
 
 
 def restore(engine: Engine, run: TrainingRun, upto_seq: int) -> int:
@@ -203,8 +223,8 @@ class HandoffHooks(ExecutionHooks):
         self.worker = worker
         self.lease_s = lease_s
         self.local = local
-        # Operations whose automatic checkpoint persist() wrote; guard() records their seq.
-        self._checkpointed: set[str] = set()
+        # request id -> automatic checkpoint written by ``persist``, not yet published.
+        self._staged: dict[str, Path] = {}
 
     def claim(self, op: Operation) -> bool:
         claimed = Operation.objects.filter(pk=op.pk, status=Operation.Status.PENDING).update(
@@ -231,15 +251,36 @@ class HandoffHooks(ExecutionHooks):
         self.local.mark(run.id, op.seq_id)
 
     def persist(self, engine: Engine, op: Operation) -> None:
-        _failpoint(op)
         run = op.training_run
         if run is not None and op.seq_id is not None and checkpoint_due(op):
-            engine.save(run.id, state_checkpoint(run, op.seq_id), with_optimizer=True, overwrite=True)
-            self._checkpointed.add(op.request_id)
+            # Under a name of its own: this worker may have lost the lease by now
+            # and must not touch seq-{seq}, which another worker may rely on.
+            staged = staged_checkpoint(run, op.seq_id)
+            self._staged[op.request_id] = staged
+            engine.save(run.id, staged, with_optimizer=True)
 
     def guard(self, op: Operation, succeeded: bool) -> None:
-        checkpointed = op.request_id in self._checkpointed
-        self._checkpointed.discard(op.request_id)
+        staged = self._staged.pop(op.request_id, None)
+        try:
+            self._check_ownership(op)
+            # Only operations whose automatic checkpoint was due (checkpoint_due) staged one;
+            # the others are replayed from the last published state on a hand-off.
+            if succeeded and staged is not None:
+                run = op.training_run
+                assert run is not None and op.seq_id is not None
+                # The run's row is locked until this transaction ends, so the lease
+                # checked above still holds while the checkpoint is published. A
+                # seq-{seq} already there is a leftover of an attempt that never
+                # committed: nobody relies on it (state_seq < seq).
+                move_into_place(staged, state_checkpoint(run, op.seq_id))
+                staged = None
+                TrainingRun.objects.filter(pk=run.pk).update(state_seq=op.seq_id)
+        finally:
+            if staged is not None:  # not published: superseded, failed, or not a state change
+                shutil.rmtree(staged, ignore_errors=True)
+
+    def _check_ownership(self, op: Operation) -> None:
+        """Raise Superseded unless ``op`` and its run are still this worker's (locking their rows)."""
         mine = Operation.objects.select_for_update().filter(
             pk=op.pk, status=Operation.Status.RUNNING, worker=self.worker
         ).exists()
@@ -250,22 +291,3 @@ class HandoffHooks(ExecutionHooks):
         held = TrainingRun.objects.select_for_update().filter(pk=op.training_run_id, lease_owner=self.worker).exists()
         if not held:
             raise Superseded(f"worker {self.worker} lost the lease of run {op.training_run_id}")
-        if succeeded and checkpointed:
-            TrainingRun.objects.filter(pk=op.training_run_id).update(state_seq=op.seq_id)
-
-
-def _failpoint(op: Operation) -> None:
-    """Test hook: ``TUFT_FAILPOINT=<kind>:<marker file>[,<kind>:<marker file>...]``.
-
-    The first operation of such a kind stalls right after the engine applied it
-    in memory and before anything is persisted, so that a test can SIGKILL the
-    worker mid-step; the worker writes its pid to the marker first. Each marker
-    fires once (it exists afterwards), so the retry goes through.
-    """
-    for entry in filter(None, os.environ.get("TUFT_FAILPOINT", "").split(",")):
-        kind, _, marker = entry.partition(":")
-        if op.kind != kind or not marker or os.path.exists(marker):
-            continue
-        Path(marker).write_text(str(os.getpid()))
-        logger.warning("failpoint: stalling %s %s before it is persisted", op.kind, op.request_id)
-        time.sleep(3600)

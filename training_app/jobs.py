@@ -16,9 +16,12 @@ batch is claimed, failed or completed on its own, exactly as ``execute`` would.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from django.db import close_old_connections, transaction
@@ -191,6 +194,7 @@ class EngineExecutor:
         try:
             self.hooks.prepare(self.engine, op)
             outcome = HANDLERS[op.kind](self.engine, op)
+            failpoint(op)
             self.hooks.persist(self.engine, op)
         except OutcomeRejected:
             raise
@@ -298,6 +302,27 @@ class EngineExecutor:
     def release_run(self, run_id: str) -> None:
         if self._engine is not None:
             self._engine.release_run(run_id)
+
+
+def failpoint(op: Operation) -> None:
+    """Test hook: ``TUFT_FAILPOINT=<kind>:<marker file>[,<kind>:<marker file>...]``.
+
+    The first operation of such a kind stalls right after the engine applied it
+    in memory and before anything is persisted, so that a test can kill or stop
+    the process mid-step; it writes its pid to the marker first, and goes on
+    once ``<marker>.release`` exists (else after an hour). Each marker fires
+    once (it exists afterwards), so a retry goes through.
+    """
+    for entry in filter(None, os.environ.get("TUFT_FAILPOINT", "").split(",")):
+        kind, _, marker = entry.partition(":")
+        if op.kind != kind or not marker or os.path.exists(marker):
+            continue
+        Path(marker).write_text(str(os.getpid()))
+        logger.warning("failpoint: stalling %s %s before it is persisted", op.kind, op.request_id)
+        deadline = time.monotonic() + 3600
+        while not os.path.exists(marker + ".release") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        logger.warning("failpoint: %s %s goes on", op.kind, op.request_id)
 
 
 def _count_refused(op: Operation) -> None:

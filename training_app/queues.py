@@ -186,10 +186,10 @@ def _enqueue_once(backend: Backend, marker: str, queue: str, force: bool, func: 
 
 
 def publish_done(request_id: str) -> None:
-    """Tell API processes that ``request_id`` finished (they also poll the DB)."""
+    """Tell API processes that ``request_id`` finished (wakes their long polls)."""
     backend = get_backend()
     assert backend is not None
     try:
         connection().publish(backend.key("done"), request_id)
-    except redis.RedisError as exc:  # the API's one-second DB re-check still sees it
+    except redis.RedisError as exc:  # the API's completion sweeper still sees it within seconds
         logger.warning("could not publish completion of %s: %s", request_id, exc)

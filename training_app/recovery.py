@@ -62,24 +62,25 @@ def requeue_unfinished() -> None:
                     len(runs), len(samples))
 
 
-def fail_unfinished() -> None:
-    """Persistence disabled: nothing in memory survived the restart.
+def fail_unfinished(error: str = RESTART_ERROR, reason: str = "server restarted") -> int:
+    """Persistence disabled: nothing in memory survived the restart (or survives this shutdown).
 
     Unfinished futures fail with a clear error (they never hang), sessions of
     the previous process are closed, and their runs released; checkpoints on
-    disk stay usable.
+    disk stay usable. Returns how many futures failed.
     """
     now = timezone.now()
     with transaction.atomic():
         failed = Operation.objects.filter(status__in=[Operation.Status.PENDING, Operation.Status.RUNNING]).update(
-            status=Operation.Status.FAILED, error=RESTART_ERROR, error_category="server", finished_at=now
+            status=Operation.Status.FAILED, error=error, error_category="server", finished_at=now
         )
         closed = ClientSession.objects.filter(status=ClientSession.Status.ACTIVE).update(
-            status=ClientSession.Status.FINISHED, finish_reason="server restarted", finished_at=now
+            status=ClientSession.Status.FINISHED, finish_reason=reason, finished_at=now
         )
         TrainingRun.objects.filter(released=False).update(released=True)
     if failed or closed:
-        logger.warning("after restart: failed %d unfinished operation(s), closed %d session(s)", failed, closed)
+        logger.warning("%s: failed %d unfinished operation(s), closed %d session(s)", reason, failed, closed)
+    return failed
 
 
 def do_delete_expired_checkpoints() -> int:

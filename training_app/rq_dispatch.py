@@ -75,13 +75,20 @@ class RQDispatcher:
             try:
                 client = redis.Redis.from_url(self.backend.redis_url, socket_connect_timeout=3,
                                               health_check_interval=10)
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub = client.pubsub()
                 pubsub.subscribe(channel)
+                confirmed = pubsub.get_message(timeout=5)  # published from here on reaches us
+                if confirmed is None or confirmed.get("type") != "subscribe":
+                    raise redis.ConnectionError(f"no subscription confirmation: {confirmed!r}")
+                # Completions published before this subscription (start-up, or
+                # while the connection was lost) reached nobody: every waiter
+                # re-reads its operation once.
+                completion_hub.notify_all()
                 for message in pubsub.listen():
                     if message.get("type") == "message":
                         completion_hub.notify(message["data"].decode())
             except redis.RedisError as exc:
-                # retrieve_future re-reads the database every second meanwhile.
+                # Meanwhile the completion sweeper (training_app.futures) still wakes waiters.
                 logger.warning("completion channel lost (%s); reconnecting", exc)
                 time.sleep(1.0)
 

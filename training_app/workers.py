@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import sys
 import threading
 import time
 
@@ -91,6 +93,7 @@ class WorkerRuntime:
         self.stopping = False
         # What the liveness key holds: tells this process from an earlier one of the same name.
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self.shutdown_started: float | None = None  # monotonic time of the first SIGTERM/SIGINT
 
     # -- start-up ---------------------------------------------------------
 
@@ -116,6 +119,57 @@ class WorkerRuntime:
             queues.connection().delete(self.backend.key("alive", self.name))
         except redis.RedisError:
             pass
+
+    def start_shutdown_watchdog(self, signame: str) -> None:
+        """First SIGTERM/SIGINT: log it, and bound how long the current operation may still take.
+
+        After ``TUFT_SHUTDOWN_TIMEOUT_S`` the worker hands the operation back
+        (another worker runs it again from the run's last automatic checkpoint)
+        and exits 0 without waiting for it. Called from the signal handler, so
+        the work (database included) happens on a thread of its own.
+        """
+        if self.shutdown_started is not None:
+            return
+        self.shutdown_started = time.monotonic()
+        timeout = float(settings.TUFT_SHUTDOWN_TIMEOUT_S)
+        logger.warning("worker %s: received %s: taking no new jobs; finishing the current operation, if any "
+                       "(at most %.0f s), then handing its run to other workers", self.name, signame, timeout)
+        threading.Thread(target=self._watch_shutdown, args=(timeout,), name="tuft-worker-shutdown",
+                         daemon=True).start()
+
+    def _watch_shutdown(self, timeout: float) -> None:
+        try:
+            running = list(Operation.objects.filter(worker=self.name, status=Operation.Status.RUNNING)
+                           .values_list("request_id", "kind"))
+            if running:
+                logger.info("worker %s: waiting for %s", self.name, ", ".join(f"{k} {r}" for r, k in running))
+        except Exception:  # the log line is a courtesy
+            pass
+        finally:
+            db_connection.close()
+        time.sleep(timeout)
+        self._abandon_and_exit(timeout)
+
+    def _abandon_and_exit(self, timeout: float) -> None:
+        """The shutdown timeout passed mid-operation: hand the work back, then exit 0."""
+        try:
+            stuck = list(Operation.objects.filter(worker=self.name, status=Operation.Status.RUNNING)
+                         .values_list("request_id", "training_run_id"))
+            Operation.objects.filter(worker=self.name, status=Operation.Status.RUNNING).update(
+                status=Operation.Status.PENDING, worker="", lease_expires_at=None)
+            runs = set(TrainingRun.objects.filter(lease_owner=self.name).values_list("id", flat=True))
+            TrainingRun.objects.filter(lease_owner=self.name).update(lease_owner="", lease_expires_at=None)
+            logger.error("worker %s: operation(s) %s still running after %.0f s; handed back to other workers",
+                         self.name, ", ".join(r for r, _ in stuck) or "none", timeout)
+            for run_id in runs | {run for _, run in stuck if run}:
+                queues.enqueue_drain(run_id, force=True)
+            for request_id, run in stuck:
+                if run is None:
+                    queues.enqueue_sample(request_id, force=True)
+        except Exception:  # exiting matters more; leases expire on their own
+            logger.exception("worker %s: could not hand back its operations; their leases will expire", self.name)
+        self.stop()
+        exit_worker(self.name, 0, self.shutdown_started)
 
     def _on_finished(self, sender: object, operation: Operation, **kwargs: object) -> None:
         queues.publish_done(operation.request_id)
@@ -219,6 +273,7 @@ class WorkerRuntime:
 
     def _hand_over(self, run_id: str) -> None:
         """Queue the run's remaining operations for another worker (this one is stopping)."""
+        logger.warning("worker %s: stopping; handing run %s to other workers", self.name, run_id)
         try:
             queues.connection().delete(self.backend.key("owner", run_id))
             queues.enqueue_drain(run_id, force=True)
@@ -400,6 +455,21 @@ class WorkerRuntime:
             self.lock.release()
 
 
+def exit_worker(name: str, code: int, shutdown_started: float | None) -> None:
+    """End the worker process once everything is committed.
+
+    ``os._exit`` skips the interpreter's finalization, which can abort in
+    torch's native threads ("terminate called without an active exception",
+    status 134) while the maintenance thread is still alive.
+    """
+    took = f" {time.monotonic() - shutdown_started:.1f} s after the signal" if shutdown_started is not None else ""
+    logger.info("worker %s stopped%s; exiting with status %d", name, took, code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 class Reaper:
     """Finds work that no job will pick up and queues it again.
 
@@ -514,6 +584,7 @@ class TuftWorker(SimpleWorker):
         # about one that arrived while idle, or it would start the loop again.
         self.shutdown_requested = True
         self.runtime.stopping = True
+        self.runtime.start_shutdown_watchdog(signal.Signals(signum).name)
         super().request_stop(signum, frame)
 
     def work(self, *args: object, **kwargs: object) -> bool:

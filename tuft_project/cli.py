@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tuft",
         description="Serve the Tinker fine-tuning API (LoRA training and sampling) for many tenants.",
+        epilog="SIGTERM/SIGINT: start no new operation, let running ones finish (at most "
+               "$TUFT_SHUTDOWN_TIMEOUT_S, default 30 s), fail queued ones with a clear error, exit 0.",
     )
     p.add_argument("--host", default=os.environ.get("TUFT_HOST", "127.0.0.1"),
                    help="interface to bind (default $TUFT_HOST or 127.0.0.1; 0.0.0.0 for all)")
@@ -136,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from daphne.cli import CommandLineInterface
 
+    from tuft_project import shutdown
+
+    graceful = shutdown.install()  # SIGTERM/SIGINT: finish running work, then exit 0 (tuft_project.shutdown)
     if listener.family == socket.AF_INET:
         bind = ["--fd", str(listener.fileno())]
     else:
@@ -146,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         listener.close()
         bind = ["--bind", args.host, "--port", str(port)]
     CommandLineInterface().run([*bind, "tuft_project.asgi:application"])
+    shutdown.exit_process(0 if graceful.started is not None else 1)  # daphne stopped on its own: it failed
     return 0
 
 

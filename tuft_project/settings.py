@@ -32,6 +32,11 @@ TUFT_CHECKPOINT_DIR = Path(os.environ.get("TUFT_CHECKPOINT_DIR", TUFT_HOME / "ch
 TUFT_SESSION_TIMEOUT_S = float(os.environ.get("TUFT_SESSION_TIMEOUT_S", "600"))
 # How long retrieve_future holds a request open before answering try_again (< 45 s SDK timeout).
 TUFT_LONG_POLL_S = float(os.environ.get("TUFT_LONG_POLL_S", "25"))
+# Long polls wake on completion events; one shared sweep this often also catches a
+# completion whose event never reached this process (training_app.futures).
+TUFT_LONG_POLL_SWEEP_S = float(os.environ.get("TUFT_LONG_POLL_SWEEP_S", "2"))
+# On SIGTERM the server waits this long for running operations to finish (tuft_project.shutdown).
+TUFT_SHUTDOWN_TIMEOUT_S = float(os.environ.get("TUFT_SHUTDOWN_TIMEOUT_S", "30"))
 # Sample requests one tenant may have queued or running before asample answers 429
 # (the SDK then backs off and resubmits the same request; nothing is dropped).
 TUFT_MAX_PENDING_SAMPLES = int(os.environ.get("TUFT_MAX_PENDING_SAMPLES", "256"))

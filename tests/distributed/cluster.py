@@ -25,8 +25,10 @@ import httpx
 
 from tests.conftest import MODEL_NAME, ROOT, free_port
 
-# Short leases so that a killed worker's work is taken over within seconds.
-FAST_RECOVERY_ENV = {"TUFT_WORKER_LEASE_S": "3", "TUFT_REQUEUE_AFTER_S": "4", "TUFT_LONG_POLL_S": "5"}
+# Short leases so that a killed worker's work is taken over within seconds, but not
+# so short that a live worker on a loaded 2-core machine misses its renewals (every
+# lease/3 s) and loses its runs: that is harmless but wastes work and slows tests.
+FAST_RECOVERY_ENV = {"TUFT_WORKER_LEASE_S": "10", "TUFT_REQUEUE_AFTER_S": "12", "TUFT_LONG_POLL_S": "5"}
 
 
 def port_open(host: str, port: int) -> bool:

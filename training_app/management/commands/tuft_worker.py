@@ -5,7 +5,9 @@ A thin wrapper around RQ's work loop with ``training_app.workers.TuftWorker``
 on the namespace's queues by itself (its own affinity queue first), and it
 outlives a Redis restart: when RQ's loop gives up on a lost connection, it
 waits for Redis and starts the loop again with the same engine and models.
-The first SIGTERM/SIGINT lets the current job finish, then the worker exits.
+The first SIGTERM/SIGINT lets the current operation finish (at most
+``TUFT_SHUTDOWN_TIMEOUT_S``, then it is handed back), hands the rest of its
+run to other workers, logs each step and exits 0; a second one stops at once.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
         from training_app.queues import get_backend
-        from training_app.workers import TuftWorker, current_runtime, default_worker_name
+        from training_app.workers import TuftWorker, current_runtime, default_worker_name, exit_worker
 
         if get_backend() is None:
             raise CommandError(
@@ -69,7 +71,7 @@ class Command(BaseCommand):
             signal.signal(signal.SIGINT, signal.default_int_handler)
             time.sleep(2.0)
         runtime.stop()
-        logger.info("worker %s stopped", runtime.name)
+        exit_worker(runtime.name, 0, runtime.shutdown_started)
 
 
 def _wait_for_name(runtime) -> None:  # type: ignore[no-untyped-def]

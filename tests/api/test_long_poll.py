@@ -1,0 +1,119 @@
+"""retrieve_future long polls: woken by completion events, answered even while sync views are stuck.
+
+The server here has the completion sweeper (the once-every-few-seconds safety
+net) effectively off and a long ``TUFT_LONG_POLL_S``, so a poll that returns
+a result was woken by the completion event itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from tests.api.helpers import post, wait_future
+from tests.conftest import MODEL_NAME, LiveServer, start_server, write_models_yaml
+
+LONG_POLL_S = 120
+
+
+@pytest.fixture(scope="module")
+def quiet_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[LiveServer]:
+    home = tmp_path_factory.mktemp("long-poll")
+    srv = start_server(home, write_models_yaml(home / "models.yaml", tiny_model_dir), extra_env={
+        "TUFT_LONG_POLL_SWEEP_S": "3600", "TUFT_LONG_POLL_S": str(LONG_POLL_S)})
+    try:
+        srv.create_tenant("alice")
+        yield srv
+    finally:
+        srv.stop()
+
+
+def new_run(server: LiveServer, key: str) -> str:
+    session_id = post(server, "create_session", key, {"tags": [], "user_metadata": {}, "sdk_version": "0.38.0"}
+                      ).json()["session_id"]
+    created = post(server, "create_model", key, {"session_id": session_id, "model_seq_id": 0,
+                                                 "base_model": MODEL_NAME, "lora_config": {"rank": 2},
+                                                 "type": "create_model"}).json()["request_id"]
+    return str(wait_future(server, key, created).json()["model_id"])
+
+
+def optim_step(server: LiveServer, key: str, model_id: str, seq_id: int) -> str:
+    r = post(server, "optim_step", key, {"model_id": model_id, "seq_id": seq_id, "type": "optim_step",
+                                         "adam_params": {"learning_rate": 1e-3}})
+    assert r.status_code == 200, r.text
+    return str(r.json()["request_id"])
+
+
+def retrieve(server: LiveServer, key: str, request_id: str, timeout: float) -> httpx.Response:
+    return post(server, "retrieve_future", key, {"request_id": request_id, "allow_metadata_only": False},
+                timeout=timeout)
+
+
+def test_a_waiting_poll_is_woken_by_the_completion(quiet_server: LiveServer) -> None:
+    key = quiet_server.keys["alice"]
+    model_id = new_run(quiet_server, key)
+    # seq 2 waits for seq 1, which is not sent yet: its poll has to wait.
+    second = optim_step(quiet_server, key, model_id, 2)
+    answers: list[httpx.Response] = []
+    waiter = threading.Thread(target=lambda: answers.append(retrieve(quiet_server, key, second, LONG_POLL_S + 60)))
+    waiter.start()
+    time.sleep(1)  # let the poll start waiting (the test is valid either way)
+    optim_step(quiet_server, key, model_id, 1)
+    waiter.join(timeout=LONG_POLL_S + 90)
+    assert answers, "the poll never answered"
+    body = answers[0].json()
+    assert answers[0].status_code == 200 and body.get("type") != "try_again", body
+    assert "metrics" in body
+
+
+@contextlib.contextmanager
+def database_write_lock(server: LiveServer) -> Iterator[None]:
+    """Hold the database's write lock from outside, so the server's sync views that write are stuck."""
+    url = server.env.get("DATABASE_URL", "")
+    if url.startswith(("postgres://", "postgresql://")):
+        import psycopg
+
+        with psycopg.connect(url) as conn:  # one transaction until the block ends
+            conn.execute("LOCK TABLE sessions_app_clientsession IN ACCESS EXCLUSIVE MODE")
+            yield
+            conn.rollback()
+        return
+    conn = sqlite3.connect(server.home / "db.sqlite3", timeout=30, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+def test_a_ready_result_is_answered_while_sync_views_are_stuck(quiet_server: LiveServer) -> None:
+    """A poll of a finished operation answers while another request is stuck on the database's write lock.
+
+    (Behaviour check: Django runs each async request's sync code on a thread of
+    its own, so this held before the reader pool too; it guards against a poll
+    that writes, or queues behind a shared thread.)
+    """
+    key = quiet_server.keys["alice"]
+    model_id = new_run(quiet_server, key)
+    done = optim_step(quiet_server, key, model_id, 1)
+    assert "metrics" in wait_future(quiet_server, key, done).json()
+    stuck: list[httpx.Response] = []
+    with database_write_lock(quiet_server):
+        blocked = threading.Thread(target=lambda: stuck.append(post(
+            quiet_server, "create_session", key, {"tags": [], "user_metadata": {}, "sdk_version": "0.38.0"},
+            timeout=120)))
+        blocked.start()
+        time.sleep(1)  # let it reach the lock (the test is valid either way)
+        answer = retrieve(quiet_server, key, done, timeout=20)
+        assert answer.status_code == 200 and "metrics" in answer.json(), answer.text
+        assert blocked.is_alive(), "the write was not held up by the lock: the test proved nothing"
+    blocked.join(timeout=120)
+    assert stuck and stuck[0].status_code == 200, "the stuck request completes once the lock is gone"
