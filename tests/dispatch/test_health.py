@@ -19,6 +19,7 @@ class Lanes:
 @pytest.mark.django_db
 @pytest.mark.parametrize("alive, status", [(True, 200), (False, 503)])
 def test_healthz_reports_the_lanes(monkeypatch: pytest.MonkeyPatch, alive: bool, status: int) -> None:
+    monkeypatch.setattr(health, "is_distributed", lambda: False)  # embedded lanes, whatever models.yaml says
     monkeypatch.setattr(health, "get_dispatcher", lambda: Lanes(alive))
     response = Client().get("/api/v1/healthz")
     assert response.status_code == status

@@ -34,6 +34,7 @@ LEASE_S = 300.0  # long: only the test expires a lease
 def distributed(settings: Any, tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Distributed-mode settings (the Redis URL is never dialled here) and a fresh checkpoint directory."""
     monkeypatch.setenv("TUFT_WORKER_LEASE_S", str(LEASE_S))
+    monkeypatch.setenv("TUFT_STATE_CHECKPOINT_EVERY", "1")  # every optim_step publishes its state here
     settings.TUFT_MODEL_CONFIG = write_models_yaml(tmp_path / "models.yaml", tiny_model_dir)
     settings.TUFT_CHECKPOINT_DIR = tmp_path / "checkpoints"
     settings.REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -70,12 +71,12 @@ def test_a_superseded_worker_never_destroys_the_committed_checkpoint(
         interleaved.append(str(root))
         expire_lease(run)  # A is slow: its lease runs out
         assert acquire_run(run.id, worker_b.name, LEASE_S)
-        worker_b._drain_held(run.id)  # B re-runs create_model (A's op looks stale), commits, prunes
+        worker_b._drain_held([run.id])  # B re-runs create_model (A's op looks stale), commits, prunes
 
     monkeypatch.setattr(checkpoints, "_fsync_tree", b_takes_over_mid_write)
     assert acquire_run(run.id, worker_a.name, LEASE_S)
     with pytest.raises(Superseded):  # A's outcome is not recorded ...
-        worker_a._drain_held(run.id)
+        worker_a._drain_held([run.id])
     assert interleaved, "A never wrote its automatic checkpoint"
 
     # ... and B's committed state is intact.
@@ -93,7 +94,7 @@ def test_a_superseded_worker_never_destroys_the_committed_checkpoint(
     expire_lease(run)
     worker_c = WorkerRuntime("worker-c")
     assert acquire_run(run.id, worker_c.name, LEASE_S)
-    worker_c._drain_held(run.id)
+    worker_c._drain_held([run.id])
     step = Operation.objects.get(pk="op-step")
     assert step.status == Operation.Status.COMPLETED, step.error
     run.refresh_from_db()
