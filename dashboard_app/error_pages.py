@@ -55,3 +55,16 @@ def server_error(request: HttpRequest) -> HttpResponse:
     return _page(request, 500, "Something went wrong",
                  "The server could not show this page. The error is in the server log; try again in a moment.",
                  with_viewer=False)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """Django's CSRF refusal (settings.CSRF_FAILURE_VIEW): a page for browsers, JSON for the rest.
+
+    API clients authenticate with a key and never need CSRF tokens; a plain
+    view that accepts POST from a browser form (admin, dashboard) refuses a
+    cross-site one here.
+    """
+    if not wants_html(request):
+        return JsonResponse(error_body(f"forbidden: CSRF check failed ({reason})", "csrf_failed"), status=403)
+    return _page(request, 403, "Not allowed",
+                 "This form was sent without a valid security token. Reload the page and try again.")

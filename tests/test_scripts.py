@@ -16,7 +16,8 @@ FILES = ("requirements.txt", "requirements-dev.txt", "pyproject.toml")
 
 def _stamp(repo: Path, torch: str) -> str:
     version = subprocess.run([sys.executable, "--version"], capture_output=True, text=True).stdout
-    data = version + f"torch {torch}\n" + "".join((repo / f).read_text() for f in FILES)
+    vllm = os.environ.get("TUFT_WITH_VLLM", "0")  # install.sh's stamp names the opt-in vLLM install too
+    data = version + f"torch {torch} vllm {vllm}\n" + "".join((repo / f).read_text() for f in FILES)
     return hashlib.sha256(data.encode()).hexdigest()
 
 

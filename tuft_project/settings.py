@@ -211,6 +211,8 @@ SESSION_COOKIE_SAMESITE = "Lax"
 # Behind TLS set TUFT_SECURE_COOKIES=1 (cookies only over https) and, if a proxy
 # changes the host, TUFT_CSRF_TRUSTED_ORIGINS=https://tuft.example.org.
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = os.environ.get("TUFT_SECURE_COOKIES", "0") == "1"
+# A refused CSRF check answers JSON to API clients and a page to browsers.
+CSRF_FAILURE_VIEW = "dashboard_app.error_pages.csrf_failure"
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("TUFT_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -15,21 +15,22 @@ WAIT_S = 120  # bounded; generous for a loaded machine
 def test_a_training_step_runs_between_two_decode_steps_of_a_long_sample(tiny_model_dir: Path) -> None:
     engine = Engine([BaseModelSpec(MODEL, str(tiny_model_dir), max_model_len=128)])
     engine.create_run("run", MODEL, LoraSpec(rank=2))
-    sampler = engine._samplers[MODEL]
+    sampler = engine.sampler(MODEL)  # the HF back end (BaseModelSpec's default)
     between_steps = threading.Event()
     trained = threading.Event()
-    forward = sampler._forward
+    choose = sampler._step  # type: ignore[attr-defined]
     calls = 0
 
-    def decode_step(adapter: str | None, **inputs: object) -> object:
+    def decode_step(*args: object) -> object:
+        """Picks the next tokens between two forward calls of the decode."""
         nonlocal calls
         calls += 1
         if calls == 3:  # mid-decode, between two forward calls: the model must be free now
             between_steps.set()
             assert trained.wait(WAIT_S), "the training step could not run while a decode was under way"
-        return forward(adapter, **inputs)
+        return choose(*args)
 
-    sampler._forward = decode_step  # type: ignore[method-assign]
+    sampler._step = decode_step  # type: ignore[attr-defined]
     result: list[object] = []
     decoding = threading.Thread(target=lambda: result.append(
         engine.sample(MODEL, None, SampleSpec(prompt=[5, 17, 300], max_tokens=20, temperature=0.0,
