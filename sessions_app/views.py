@@ -11,7 +11,7 @@ from tinker import types as T
 from sessions_app import actions
 from sessions_app.api import TenantAPIView
 from sessions_app.models import ClientSession
-from tuft_project.input_checks import MAX_DB_INT, check_text
+from tuft_project.input_checks import MAX_DB_INT, check_metadata, check_text
 from tuft_project.runtime import get_config
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class CreateSessionView(TenantAPIView):
                                     ("sdk_version", "sdk_version", body.sdk_version),
                                     ("X-Idempotency-Key", "idempotency_key", idempotency_key)):
             check_text(name, value, ClientSession._meta.get_field(column).max_length)
+        check_metadata("user_metadata", body.user_metadata)
         session = actions.do_create_session(self.tenant, body, idempotency_key)
         return Response({"session_id": session.id, "type": "create_session"})
 

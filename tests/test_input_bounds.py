@@ -112,3 +112,14 @@ def test_sample_spec_values_that_used_to_fail_in_the_worker(changes: dict[str, A
     with pytest.raises(UserInputError, match=message):
         validate_sample_spec(spec)
     validate_sample_spec(SampleSpec(prompt=[1, 2, 3], num_samples=1, max_tokens=2, seed=2**64 - 1))
+
+
+def test_metadata_with_infinite_numbers_is_refused_before_it_reaches_a_json_column() -> None:
+    """Found by the fuzzer: user_metadata {"k": 1e999} made create_session a 500 on SQLite."""
+    from tuft_project.exceptions import BadRequest
+    from tuft_project.input_checks import check_metadata
+
+    check_metadata("user_metadata", {"k": 1.5, "nested": [{"x": "y"}], "n": None})
+    for bad in ({"k": float("inf")}, {"a": [{"b": float("nan")}]}):
+        with pytest.raises(BadRequest, match="finite"):
+            check_metadata("user_metadata", bad)

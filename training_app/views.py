@@ -18,7 +18,7 @@ from training_app.checkpoint_paths import check_name
 from training_app.models import Operation
 from training_app.parsers import ProtobufParser
 from tuft_project.exceptions import BadRequest
-from tuft_project.input_checks import MAX_DB_INT, check_bigint, check_id_int
+from tuft_project.input_checks import MAX_DB_INT, check_bigint, check_id_int, check_metadata
 from tuft_project.parsers import JSONBodyParser
 from tuft_project.runtime import get_config
 
@@ -53,6 +53,7 @@ class CreateModelView(TenantAPIView):
         if body.lora_config is None:
             raise BadRequest("create_model needs lora_config: this server trains LoRA adapters only")
         check_bigint("lora_config.seed", body.lora_config.seed)
+        check_metadata("user_metadata", body.user_metadata)
         session = access_active_session(self.tenant, body.session_id)
         op = actions.check_create_model(self.tenant, session, body, model_names())
         return future_response(op)

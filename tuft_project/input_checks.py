@@ -12,6 +12,7 @@ database is behind the server; ``tuft_project.exceptions`` maps any
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from tuft_project.exceptions import BadRequest
@@ -44,3 +45,21 @@ def check_text(name: str, value: str | None, max_length: int) -> None:
     if "\x00" in value:
         raise BadRequest(f"{name} must not contain NUL characters")
 
+
+
+def check_metadata(name: str, value: Any) -> None:
+    """``user_metadata`` as stored in a JSONField: no infinite or NaN numbers.
+
+    JSON bodies may carry 1e999, which parses as infinity; no database accepts it
+    in a JSON column (SQLite's JSON_VALID check fails). Iterative, so a deeply
+    nested value cannot exhaust the stack.
+    """
+    stack: list[tuple[str, Any]] = [(name, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise BadRequest(f"{where} must be a finite number, got {item}")
+        if isinstance(item, dict):
+            stack.extend((f"{where}.{k}", v) for k, v in item.items())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
