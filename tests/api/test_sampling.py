@@ -11,6 +11,7 @@ that the SDK waits out without losing a request.
 from __future__ import annotations
 
 import math
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -186,13 +187,20 @@ def test_overloaded_server_answers_429_and_the_sdk_waits_it_out(
     tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
 ) -> None:
     home = tmp_path_factory.mktemp("tuft-overload")
+    # The first sample stalls in the lane until released (TUFT_FAILPOINT), so the others queue
+    # up behind it whatever the machine's speed: the cap of 2 pending requests is reached for sure.
+    stall = home / "stall-first-sample"
     srv = start_server(home, write_models_yaml(home / "models.yaml", tiny_model_dir),
-                       extra_env={"TUFT_MAX_PENDING_SAMPLES": "2"})
+                       extra_env={"TUFT_MAX_PENDING_SAMPLES": "2", "TUFT_FAILPOINT": f"sample:{stall}"})
     try:
         key = srv.create_tenant("carol")
         sampler = tinker.ServiceClient(base_url=srv.url, api_key=key).create_sampling_client(base_model=MODEL_NAME).result(timeout=TIMEOUT)
         futures = [sampler.sample(_prompt(), 4, types.SamplingParams(max_tokens=40, seed=i, stop=[]))
                    for i in range(6)]
+        deadline = time.monotonic() + TIMEOUT
+        while "answering 429" not in srv.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        Path(f"{stall}.release").touch()
         results = [f.result(timeout=TIMEOUT) for f in futures]
         # Nothing was dropped: every request came back whole...
         assert all(len(r.sequences) == 4 and all(len(s.tokens) == 40 for s in r.sequences) for r in results)
