@@ -20,9 +20,9 @@ from django.utils import timezone
 
 from dashboard_app import queries
 from dashboard_app.viewers import Viewer
-from training_app.dispatch_registry import is_distributed
+from dispatch.registry import is_distributed
 from training_app.models import Operation
-from training_app.queues import get_backend
+from dispatch.queues import get_backend
 
 logger = logging.getLogger(__name__)
 

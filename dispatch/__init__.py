@@ -5,5 +5,5 @@
   tenant, batches under a token budget).
 
 The back ends that use them (threads in the server process, RQ workers) live in
-``training_app.dispatch`` and ``training_app.workers``.
+``dispatch.embedded`` and ``workers.runtime``.
 """

@@ -15,12 +15,12 @@ from typing import Callable
 
 from django.db import connection
 
-from training_app import queues
-from training_app.dispatch_registry import get_dispatcher, is_distributed
+from dispatch import queues
+from dispatch.registry import get_dispatcher, is_distributed
 
 logger = logging.getLogger(__name__)
 
-# The embedded dispatcher's lanes are threads with these names (training_app.dispatch).
+# The embedded dispatcher's lanes are threads with these names (dispatch.embedded).
 EMBEDDED_LANE_THREADS = ("tuft-train", "tuft-sample")
 
 
@@ -59,7 +59,7 @@ def alive_workers() -> int | None:
     backend = queues.get_backend()
     assert backend is not None
     try:
-        # Each live tuft_worker renews this key (with a TTL) while it runs (training_app.workers).
+        # Each live tuft_worker renews this key (with a TTL) while it runs (workers.runtime).
         return sum(1 for _ in queues.connection().scan_iter(match=backend.key("alive", "*"), count=100))
     except Exception:
         return None

@@ -30,7 +30,7 @@ from openai_app.schemas import ChatCompletionRequest, CompletionRequest, Samplin
 from openai_app.tokenization import TextCodec, codecs
 from sessions_app.authentication import tenant_for_key
 from sessions_app.models import Tenant
-from training_app.futures import completion_hub
+from dispatch.completions import completion_hub
 from training_app.models import Operation
 from tuft_project.runtime import get_config
 

@@ -6,5 +6,5 @@ class SamplingAppConfig(AppConfig):
     verbose_name = "Sampling"
 
     def ready(self) -> None:
-        # Registers the "sample" operation handler with training_app.jobs.
-        from sampling_app import jobs  # noqa: F401
+        # Registers the "sample" operation handler with workers.executor.
+        from sampling_app import handlers  # noqa: F401

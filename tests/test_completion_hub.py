@@ -14,10 +14,10 @@ import pytest
 
 from sessions_app.models import Tenant
 from tests.distributed.cluster import redis_reachable
-from training_app.futures import CompletionHub, CompletionSweeper, completion_hub
+from dispatch.completions import CompletionHub, CompletionSweeper, completion_hub
 from training_app.models import Operation
-from training_app.queues import Backend
-from training_app.rq_dispatch import RQDispatcher
+from dispatch.queues import Backend
+from dispatch.distributed import RQDispatcher
 
 
 def run(coro_fn):  # type: ignore[no-untyped-def]

@@ -1,6 +1,6 @@
-"""Unit tests of per-run seq ordering (training_app.dispatch.RunOrdering), no server needed."""
+"""Unit tests of per-run seq ordering (dispatch.embedded.RunOrdering), no server needed."""
 
-from training_app.dispatch import RunOrdering
+from dispatch.embedded import RunOrdering
 
 
 def test_out_of_order_arrivals_run_in_seq_order_one_at_a_time() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sessions_app.models import Tenant
-from training_app import jobs
+from workers import executor as jobs
 from training_app.models import Operation
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from engine.types import EngineError, UserInputError
 from sessions_app.models import Tenant
-from training_app import jobs
+from workers import executor as jobs
 from training_app.models import Operation
 
 

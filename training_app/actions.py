@@ -18,9 +18,10 @@ from django.utils import timezone
 from engine.types import UserInputError
 from sessions_app.models import ClientSession, Tenant
 from dispatch.scheduler import Work
-from training_app import dispatch_registry, protocol
+from dispatch import registry as dispatch_registry
+from training_app import protocol
 from training_app.checkpoint_paths import TinkerPath, parse_tinker_path
-from training_app.futures import completion_hub
+from dispatch.completions import completion_hub
 from training_app.models import Checkpoint, Operation, TrainingRun
 from training_app.signals import run_released
 from tuft_project.exceptions import ApiError, NotFound

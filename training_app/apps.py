@@ -6,5 +6,5 @@ class TrainingAppConfig(AppConfig):
     verbose_name = "Training"
 
     def ready(self) -> None:
-        # Registers the save_weights_external handler with training_app.jobs.
+        # Registers the save_weights_external handler with workers.executor.
         from training_app import export_jobs  # noqa: F401

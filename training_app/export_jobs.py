@@ -8,7 +8,7 @@ import logging
 
 from tinker import types as T
 
-from training_app.jobs import Outcome, _save, handles
+from workers.executor import Outcome, _save, handles
 from training_app.models import Checkpoint, Operation
 
 if TYPE_CHECKING:  # importing the engine loads torch: keep it out of views and manage.py

@@ -7,7 +7,7 @@ request open until the operation finishes or ``TUFT_LONG_POLL_S`` passes
 once, so answering immediately would make it spin.
 
 While waiting it does nothing until a completion event arrives
-(``training_app.futures``): it reads the database once per request and once
+(``dispatch.completions``): it reads the database once per request and once
 per wake-up, never on a timer (at 100 clients the old once-a-second re-read
 per waiter kept the event loop busy). The reads run on a small pool of
 long-lived threads rather than a fresh thread per request.
@@ -31,7 +31,7 @@ from tinker import types as T
 
 from sessions_app.authentication import tenant_for_key
 from sessions_app.models import Tenant
-from training_app.futures import completion_hub, completion_sweeper
+from dispatch.completions import completion_hub, completion_sweeper
 from training_app.models import Operation
 from tuft_project.exceptions import error_body
 from tuft_project.parsers import decode_json

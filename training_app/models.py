@@ -29,7 +29,7 @@ class TrainingRun(models.Model):
     released = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
     last_request_at = models.DateTimeField(default=timezone.now)
-    # Distributed mode (training_app.handoff): the seq_id whose effect the run's
+    # Distributed mode (workers.handoff): the seq_id whose effect the run's
     # latest automatic internal checkpoint holds (adapter + optimizer), and the
     # lease that lets one worker at a time execute the run's operations.
     state_seq = models.IntegerField(null=True, blank=True)

@@ -24,7 +24,7 @@ def recover_after_restart() -> None:
     sampling sessions and futures carry on, and pending operations are queued
     again in case Redis lost them. Mode ``disabled``: see ``fail_unfinished``.
     """
-    from training_app.queues import get_backend
+    from dispatch.queues import get_backend
 
     backend = get_backend()
     if backend is not None and backend.persistent:
@@ -42,7 +42,7 @@ def requeue_unfinished() -> None:
     """
     import redis
 
-    from training_app import queues
+    from dispatch import queues
 
     runs = set(
         Operation.objects.filter(status__in=[Operation.Status.PENDING, Operation.Status.RUNNING],

@@ -11,7 +11,7 @@ sampling history lose those points; daily usage (``DailyUsage``) is kept.
 Never deleted:
 
 * unfinished operations (pending or running), whatever their age;
-* operations a run's hand-off may replay (``training_app.handoff.restore``
+* operations a run's hand-off may replay (``workers.handoff.restore``
   re-runs the completed forward_backward operations after the run's
   ``state_seq``): every operation of an unreleased run after its
   ``state_seq``, or all of them while it has none yet.

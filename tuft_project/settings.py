@@ -33,7 +33,7 @@ TUFT_SESSION_TIMEOUT_S = float(os.environ.get("TUFT_SESSION_TIMEOUT_S", "600"))
 # How long retrieve_future holds a request open before answering try_again (< 45 s SDK timeout).
 TUFT_LONG_POLL_S = float(os.environ.get("TUFT_LONG_POLL_S", "25"))
 # Long polls wake on completion events; one shared sweep this often also catches a
-# completion whose event never reached this process (training_app.futures).
+# completion whose event never reached this process (dispatch.completions).
 TUFT_LONG_POLL_SWEEP_S = float(os.environ.get("TUFT_LONG_POLL_SWEEP_S", "2"))
 # On SIGTERM the server waits this long for running operations to finish (tuft_project.shutdown).
 TUFT_SHUTDOWN_TIMEOUT_S = float(os.environ.get("TUFT_SHUTDOWN_TIMEOUT_S", "30"))
@@ -46,7 +46,7 @@ TUFT_FWDBWD_MAX_CHUNK_LEN = int(os.environ.get("TUFT_FWDBWD_MAX_CHUNK_LEN", "256
 # Finished operations (futures, with their request and result) are deleted after
 # this many days by housekeeping (training_app.retention); 0 keeps them forever.
 TUFT_OPERATION_RETENTION_DAYS = float(os.environ.get("TUFT_OPERATION_RETENTION_DAYS", "7"))
-# Scheduling (training_app.dispatch, dispatch.scheduler): a seq_id that never arrives is
+# Scheduling (dispatch.embedded, dispatch.scheduler): a seq_id that never arrives is
 # skipped after this long; ready forward/forward_backward operations of different runs run
 # as one engine pass of at most TUFT_TRAIN_BATCH_TOKENS input tokens and TUFT_TRAIN_BATCH_MAX
 # operations; queued sample requests go to the sampler in batches of at most
@@ -182,7 +182,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # through Redis, which needs the channels-redis package.
 def _configured_redis_url() -> str:
     """Redis of the deployment: models.yaml's persistence block wins over REDIS_URL
-    (the same rule as training_app.queues.get_backend). A models.yaml that cannot
+    (the same rule as dispatch.queues.get_backend). A models.yaml that cannot
     be read here is reported, clearly, by the server's start-up check instead."""
     try:
         import yaml
@@ -238,7 +238,7 @@ REST_FRAMEWORK = {
 }
 
 # django-rq's queues (and dashboard at /django-rq/). Distributed mode also adds
-# them at start-up (training_app.queues.register_queues) when Redis comes from
+# them at start-up (dispatch.queues.register_queues) when Redis comes from
 # models.yaml rather than REDIS_URL; embedded mode has none.
 _RQ_NAMESPACE = os.environ.get("TUFT_REDIS_NAMESPACE", "tuft")
 RQ_QUEUES: dict[str, dict[str, object]] = {

@@ -35,9 +35,9 @@ from typing import Any
 
 from django.conf import settings
 
-from training_app.dispatch import EmbeddedDispatcher
-from training_app.dispatch_registry import get_dispatcher
-from training_app.futures import completion_hub
+from dispatch.embedded import EmbeddedDispatcher
+from dispatch.registry import get_dispatcher
+from dispatch.completions import completion_hub
 from training_app.models import Operation
 from training_app.recovery import fail_unfinished
 

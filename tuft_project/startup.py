@@ -20,7 +20,7 @@ def on_server_start() -> None:
     home's serving lock (taken already by ``tuft``; taken here for
     ``manage.py runserver`` and a bare ``daphne tuft_project.asgi:application``).
     """
-    from training_app.dispatch_registry import get_dispatcher
+    from dispatch.registry import get_dispatcher
     from tuft_project.runtime import get_config
 
     try:

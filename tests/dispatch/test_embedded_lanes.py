@@ -1,4 +1,4 @@
-"""training_app.dispatch.EmbeddedDispatcher with a recording executor: lanes never die,
+"""dispatch.embedded.EmbeddedDispatcher with a recording executor: lanes never die,
 releases fail queued work, ready forward_backwards of several runs go out as one batch."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import queue
 import threading
 
 from dispatch.scheduler import Work
-from training_app.dispatch import EmbeddedDispatcher, LaneLimits
+from dispatch.embedded import EmbeddedDispatcher, LaneLimits
 
 WAIT_S = 30  # bounded waits; generous for a loaded machine
 

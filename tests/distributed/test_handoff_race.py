@@ -21,9 +21,9 @@ from django.utils import timezone
 from engine import checkpoints
 from sessions_app.models import ClientSession, Tenant
 from tests.conftest import MODEL_NAME, write_models_yaml
-from training_app.handoff import Superseded, acquire_run, prune_state, run_state_dir, state_checkpoint
+from workers.handoff import Superseded, acquire_run, prune_state, run_state_dir, state_checkpoint
 from training_app.models import Operation, TrainingRun
-from training_app.workers import WorkerRuntime
+from workers.runtime import WorkerRuntime
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -1,4 +1,4 @@
-"""Run leases (training_app.handoff) on the real database: exclusive until they expire."""
+"""Run leases (workers.handoff) on the real database: exclusive until they expire."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from sessions_app.models import ClientSession, Tenant
-from training_app.handoff import acquire_run, release_run_lease, renew_leases
+from workers.handoff import acquire_run, release_run_lease, renew_leases
 from training_app.models import TrainingRun
 
 pytestmark = pytest.mark.django_db

@@ -20,7 +20,7 @@ from django.utils import timezone
 def snapshot() -> dict[str, Any]:
     from rq import Queue, Worker
 
-    from training_app import queues
+    from dispatch import queues
     from training_app.models import Operation, TrainingRun
 
     ops = dict(

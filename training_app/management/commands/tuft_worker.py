@@ -1,6 +1,6 @@
 """``manage.py tuft_worker``: a model-resident RQ worker for distributed mode.
 
-A thin wrapper around RQ's work loop with ``training_app.workers.TuftWorker``
+A thin wrapper around RQ's work loop with ``workers.runtime.TuftWorker``
 (non-forking, no job timeout). Differences from plain ``rqworker``: it listens
 on the namespace's queues by itself (its own affinity queue first), and it
 outlives a Redis restart: when RQ's loop gives up on a lost connection, it
@@ -39,8 +39,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
-        from training_app.queues import get_backend
-        from training_app.workers import TuftWorker, current_runtime, default_worker_name, exit_worker
+        from dispatch.queues import get_backend
+        from workers.runtime import TuftWorker, current_runtime, default_worker_name, exit_worker
 
         if get_backend() is None:
             raise CommandError(
@@ -76,7 +76,7 @@ class Command(BaseCommand):
 
 def _wait_for_name(runtime) -> None:  # type: ignore[no-untyped-def]
     """Refuse a name a live worker uses; wait out the liveness of a dead one (a restart after SIGKILL)."""
-    from training_app import queues
+    from dispatch import queues
 
     key = runtime.backend.key("alive", runtime.name)
     deadline = time.monotonic() + runtime.backend.lease_s + 2

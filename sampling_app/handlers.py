@@ -16,7 +16,7 @@ from sampling_app.actions import checkpoint_still_readable
 from sampling_app.specs import sample_spec_from_request
 from training_app import protocol
 from training_app.checkpoint_paths import absolute
-from training_app.jobs import BatchHandler, Outcome, handles_batch
+from workers.executor import BatchHandler, Outcome, handles_batch
 from training_app.models import Operation
 
 if TYPE_CHECKING:  # importing the engine loads torch: keep it out of views and manage.py

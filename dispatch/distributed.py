@@ -3,7 +3,7 @@
 The API process never loads a model. For a training operation it queues a
 *drain* job for the operation's run (at most one queued per run, see
 ``queues.enqueue_drain``); the worker that takes it executes every ready
-operation of that run in seq order (training_app.workers). Sample operations
+operation of that run in seq order (workers.runtime). Sample operations
 each get their own job. Jobs carry ids only; workers reload everything from
 the database, which commits before the job is queued (``transaction.on_commit``
 in training_app.actions).
@@ -23,8 +23,8 @@ import time
 import redis
 
 from dispatch.scheduler import Work
-from training_app import queues
-from training_app.futures import completion_hub
+from dispatch import queues
+from dispatch.completions import completion_hub
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class RQDispatcher:
                     if message.get("type") == "message":
                         completion_hub.notify(message["data"].decode())
             except redis.RedisError as exc:
-                # Meanwhile the completion sweeper (training_app.futures) still wakes waiters.
+                # Meanwhile the completion sweeper (dispatch.completions) still wakes waiters.
                 logger.warning("completion channel lost (%s); reconnecting", exc)
                 time.sleep(1.0)
 
@@ -105,7 +105,7 @@ def _redacted(url: str) -> str:
 
 def drain_run(run_id: str) -> None:
     """RQ job: execute the ready operations of one training run."""
-    from training_app.workers import current_runtime
+    from workers.runtime import current_runtime
 
     runtime = current_runtime()
     runtime.start()  # a no-op in TuftWorker, which started it before its first job
@@ -114,7 +114,7 @@ def drain_run(run_id: str) -> None:
 
 def run_sample(request_id: str) -> None:
     """RQ job: execute one sample operation."""
-    from training_app.workers import current_runtime
+    from workers.runtime import current_runtime
 
     runtime = current_runtime()
     runtime.start()

@@ -3,7 +3,7 @@
 Embedded (default): worker threads in this process own the ``Engine``.
 Distributed (models.yaml ``persistence.mode: redis_url`` or ``REDIS_URL``):
 operations go to django-rq queues drained by ``manage.py tuft_worker``
-processes (training_app.rq_dispatch); this process never loads a model.
+processes (dispatch.distributed); this process never loads a model.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from training_app.dispatch import Dispatcher, EmbeddedDispatcher
+from dispatch.embedded import Dispatcher, EmbeddedDispatcher
 
 logger = logging.getLogger(__name__)
 
@@ -28,20 +28,20 @@ def get_dispatcher() -> Dispatcher:
 
 
 def is_distributed() -> bool:
-    from training_app.queues import get_backend
+    from dispatch.queues import get_backend
 
     return get_backend() is not None
 
 
 def _build() -> Dispatcher:
-    from training_app.queues import get_backend
+    from dispatch.queues import get_backend
 
     backend = get_backend()
     if backend is not None:
-        from training_app.rq_dispatch import RQDispatcher
+        from dispatch.distributed import RQDispatcher
 
         return RQDispatcher(backend)
-    from training_app.jobs import EngineExecutor
+    from workers.executor import EngineExecutor
 
     executor = EngineExecutor()
     logger.info("using the embedded worker (no REDIS_URL or persistence.redis_url)")

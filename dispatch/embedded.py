@@ -4,9 +4,9 @@ Two back ends behind one interface (``submit_training`` / ``submit_sampling``):
 
 * ``EmbeddedDispatcher`` (default): worker threads inside the server process,
   one lane for training and one for sampling, sharing one ``Engine``.
-* the RQ back end (``training_app.rq_dispatch``) when ``REDIS_URL`` or models.yaml
+* the RQ back end (``dispatch.distributed``) when ``REDIS_URL`` or models.yaml
   ``persistence: {mode: redis_url}`` is set (docs/distributed.md); it keeps the same
-  ordering rules, read from the database, in ``training_app.workers``.
+  ordering rules, read from the database, in ``workers.runtime``.
 
 Both use the Django-free core in ``dispatch/``: ``RunOrdering`` (an operation
 of a run starts only after every smaller ``seq_id`` of that run finished; a seq
@@ -50,7 +50,7 @@ class Dispatcher(Protocol):
 
 
 class Executor(Protocol):
-    """What the lanes call (``training_app.jobs.EngineExecutor``); each records its outcomes."""
+    """What the lanes call (``workers.executor.EngineExecutor``); each records its outcomes."""
 
     def execute(self, request_id: str) -> None: ...
 

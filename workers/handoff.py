@@ -53,7 +53,7 @@ from django.db.models.functions import Now
 
 from engine.checkpoints import move_into_place
 from engine.types import EngineError, UserInputError
-from training_app.jobs import HANDLERS, ExecutionHooks, OutcomeRejected
+from workers.executor import HANDLERS, ExecutionHooks, OutcomeRejected
 from training_app.models import Operation, TrainingRun
 
 if TYPE_CHECKING:  # importing the engine loads torch: keep it out of views and manage.py

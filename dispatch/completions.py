@@ -6,7 +6,7 @@ completion *events*, never by each waiter re-reading the database on a timer
 
 * an embedded worker thread calls ``notify`` after committing a result;
 * in distributed mode RQ workers publish finished request ids on Redis and the
-  API process's listener (``training_app.rq_dispatch``) calls ``notify``, and
+  API process's listener (``dispatch.distributed``) calls ``notify``, and
   ``notify_all`` after (re)subscribing, for what landed while it was away;
 * one shared ``CompletionSweeper`` thread per process looks up, every few
   seconds, whether any waited-on operation finished without an event reaching

@@ -4,7 +4,7 @@
 (no fork per job, so CUDA state and the loaded base model survive from job to
 job) and no timeout signal can interrupt a step (``NoDeathPenalty``). Start it
 with ``python manage.py tuft_worker`` (or django-rq's ``rqworker`` with
-``--worker-class training_app.workers.TuftWorker``).
+``--worker-class workers.runtime.TuftWorker``).
 
 Each process has one ``WorkerRuntime``: the engine (base models loaded once at
 start), what its memory holds of each run, and a maintenance thread that
@@ -32,9 +32,9 @@ from rq.timeouts import BaseDeathPenalty
 from rq.worker import SimpleWorker
 
 from dispatch.scheduler import FairScheduler
-from training_app import queues
+from dispatch import queues
 from training_app.actions import scheduling_work
-from training_app.handoff import (
+from workers.handoff import (
     MAX_ATTEMPTS,
     WORKER_DIED,
     HandoffHooks,
@@ -45,7 +45,7 @@ from training_app.handoff import (
     release_run_lease,
     renew_leases,
 )
-from training_app.jobs import EngineExecutor, _finish
+from workers.executor import EngineExecutor, _finish
 from training_app.models import Operation, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -346,7 +346,7 @@ class WorkerRuntime:
             self._after(op)
 
     def _next_op(self, run: TrainingRun) -> Operation | None:
-        """The operation to run next under the seq rules of training_app.dispatch."""
+        """The operation to run next under the seq rules of dispatch.embedded."""
         op = Operation.objects.filter(training_run=run, seq_id=run.next_seq_id).first()
         if op is not None:
             return op  # pending, a stale RUNNING one, or failed at submission (just advances)

@@ -39,7 +39,7 @@ from engine.types import (
 from monitoring_app.log_context import bind_tenant, log_context
 from training_app import protocol
 from training_app.checkpoint_paths import TinkerPath, absolute, check_name, storage_relpath
-from training_app.futures import completion_hub
+from dispatch.completions import completion_hub
 from training_app.models import Checkpoint, Operation, TrainingRun
 from training_app.signals import operation_finished
 from tuft_project.exceptions import ApiError
@@ -115,7 +115,7 @@ class ExecutionHooks:
 
     This default is the embedded worker's: the process that records operations
     runs them, and a run's adapter lives only in its memory. Distributed workers
-    use ``training_app.handoff.HandoffHooks`` (leases, automatic checkpoints,
+    use ``workers.handoff.HandoffHooks`` (leases, automatic checkpoints,
     restore when a run moves between workers).
     """
 
