@@ -1,9 +1,19 @@
-"""Scheduling core shared by every dispatch back end: plain Python, no Django, no threads.
+"""Dispatch: hand recorded operations to whatever executes them, in per-run seq order.
+
+The domain (``training_app.actions``, ``sampling_app.actions``) calls only
+``dispatch.registry.get_dispatcher()``. Django-free scheduling core (plain
+Python, no threads, unit-tested on its own):
 
 * ``dispatch.ordering``: the per-run ``seq_id`` rule (which operation of a run may start).
 * ``dispatch.scheduler``: which ready operations run next, and together (round-robin by
   tenant, batches under a token budget).
 
-The back ends that use them (threads in the server process, RQ workers) live in
-``dispatch.embedded`` and ``workers.runtime``.
+Back ends and plumbing (Django):
+
+* ``dispatch.embedded``: lane threads in the server process (the default).
+* ``dispatch.distributed``: the API side of Redis mode (enqueue, completion events).
+* ``dispatch.queues``: Redis names, enqueueing, the ``Backend`` configuration.
+* ``dispatch.completions``: the completion hub that wakes long-polling ``retrieve_future``.
+
+What runs the operations (the executor, RQ workers) is the ``workers`` package.
 """

@@ -3,8 +3,8 @@
 The API process never loads a model. For a training operation it queues a
 *drain* job for the operation's run (at most one queued per run, see
 ``queues.enqueue_drain``); the worker that takes it executes every ready
-operation of that run in seq order (workers.runtime). Sample operations
-each get their own job. Jobs carry ids only; workers reload everything from
+operation of that run in seq order (``workers.rq_worker.drain_run``). Sample
+operations each get their own job. Jobs carry ids only; workers reload everything from
 the database, which commits before the job is queued (``transaction.on_commit``
 in training_app.actions).
 
@@ -98,24 +98,3 @@ def _redacted(url: str) -> str:
         scheme, rest = url.split("://", 1) if "://" in url else ("", url)
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return url
-
-
-# -- job entry points (run inside a TuftWorker) -----------------------------------
-
-
-def drain_run(run_id: str) -> None:
-    """RQ job: execute the ready operations of one training run."""
-    from workers.runtime import current_runtime
-
-    runtime = current_runtime()
-    runtime.start()  # a no-op in TuftWorker, which started it before its first job
-    runtime.drain(run_id)
-
-
-def run_sample(request_id: str) -> None:
-    """RQ job: execute one sample operation."""
-    from workers.runtime import current_runtime
-
-    runtime = current_runtime()
-    runtime.start()
-    runtime.sample(request_id)

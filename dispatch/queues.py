@@ -16,7 +16,7 @@ namespace (models.yaml ``namespace``, else ``TUFT_REDIS_NAMESPACE``, default
 
 Redis holds no state that matters: the database is the source of truth, so a
 lost job or a restarted Redis only delays work until a worker's reaper
-re-enqueues it (see workers.runtime).
+re-enqueues it (see workers.reaper).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ logger = logging.getLogger(__name__)
 
 # Jobs carry only ids as JSON (never pickle: STYLE.md).
 SERIALIZER = "rq.serializers.JSONSerializer"
-DRAIN_JOB = "dispatch.distributed.drain_run"
-SAMPLE_JOB = "dispatch.distributed.run_sample"
+DRAIN_JOB = "workers.rq_worker.drain_run"
+SAMPLE_JOB = "workers.rq_worker.run_sample"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 
+from dispatch.distributed import RQDispatcher
 from dispatch.embedded import Dispatcher, EmbeddedDispatcher
+from dispatch.queues import get_backend
+from workers.executor import EngineExecutor
 
 logger = logging.getLogger(__name__)
 
@@ -28,21 +31,13 @@ def get_dispatcher() -> Dispatcher:
 
 
 def is_distributed() -> bool:
-    from dispatch.queues import get_backend
-
     return get_backend() is not None
 
 
 def _build() -> Dispatcher:
-    from dispatch.queues import get_backend
-
     backend = get_backend()
     if backend is not None:
-        from dispatch.distributed import RQDispatcher
-
         return RQDispatcher(backend)
-    from workers.executor import EngineExecutor
-
     executor = EngineExecutor()
     logger.info("using the embedded worker (no REDIS_URL or persistence.redis_url)")
     return EmbeddedDispatcher(executor)

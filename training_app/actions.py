@@ -29,7 +29,7 @@ from tuft_project.exceptions import ApiError, NotFound
 logger = logging.getLogger(__name__)
 
 
-# Name prefix of the checkpoints behind save_weights_and_get_sampling_client (see jobs.py).
+# Name prefix of the checkpoints behind save_weights_and_get_sampling_client (see training_app.handlers).
 EPHEMERAL_PREFIX = "auto-"
 
 

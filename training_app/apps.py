@@ -6,5 +6,6 @@ class TrainingAppConfig(AppConfig):
     verbose_name = "Training"
 
     def ready(self) -> None:
-        # Registers the save_weights_external handler with workers.executor.
-        from training_app import export_jobs  # noqa: F401
+        # Registers the training operation handlers with workers.executor (they
+        # import models and actions, so not before the app registry is ready).
+        from training_app import export_jobs, handlers  # noqa: F401

@@ -8,8 +8,9 @@ import logging
 
 from tinker import types as T
 
-from workers.executor import Outcome, _save, handles
+from training_app.handlers import _save
 from training_app.models import Checkpoint, Operation
+from workers.executor import Outcome, handles
 
 if TYPE_CHECKING:  # importing the engine loads torch: keep it out of views and manage.py
     from engine.runtime import Engine

@@ -66,6 +66,8 @@ logger = logging.getLogger(__name__)
 STATE_KINDS = frozenset({Operation.Kind.CREATE_MODEL, Operation.Kind.LOAD_WEIGHTS, Operation.Kind.OPTIM_STEP})
 # Operations that restore() re-runs after the automatic checkpoint, in seq order.
 REPLAYED_KINDS = (Operation.Kind.FORWARD_BACKWARD, Operation.Kind.OPTIM_STEP)
+# Statuses of an operation that still has to run (or finish running).
+UNFINISHED = (Operation.Status.PENDING, Operation.Status.RUNNING)
 # An operation whose worker died this many times fails instead of being retried
 # again (it may be what kills workers, e.g. out of memory).
 MAX_ATTEMPTS = 3

@@ -1,14 +1,9 @@
-"""Distributed workers: a model-resident RQ worker and what it does per job.
+"""What a distributed worker does per job, and between jobs.
 
-``TuftWorker`` is an RQ ``SimpleWorker``: jobs run in the worker process itself
-(no fork per job, so CUDA state and the loaded base model survive from job to
-job) and no timeout signal can interrupt a step (``NoDeathPenalty``). Start it
-with ``python manage.py tuft_worker`` (or django-rq's ``rqworker`` with
-``--worker-class workers.runtime.TuftWorker``).
-
+The RQ side (``TuftWorker``, the job entry points) is ``workers.rq_worker``.
 Each process has one ``WorkerRuntime``: the engine (base models loaded once at
 start), what its memory holds of each run, and a maintenance thread that
-renews leases, re-enqueues lost work (the reaper) and frees the adapters of
+renews leases, re-enqueues lost work (``workers.reaper``) and frees the adapters of
 finished or idle runs.
 """
 
@@ -16,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
@@ -28,14 +22,13 @@ from django.db import close_old_connections, connection as db_connection
 from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils import timezone
-from rq.timeouts import BaseDeathPenalty
-from rq.worker import SimpleWorker
 
-from dispatch.scheduler import FairScheduler
 from dispatch import queues
+from dispatch.scheduler import FairScheduler
 from training_app.actions import scheduling_work
 from workers.handoff import (
     MAX_ATTEMPTS,
+    UNFINISHED,
     WORKER_DIED,
     HandoffHooks,
     LocalRuns,
@@ -45,23 +38,12 @@ from workers.handoff import (
     release_run_lease,
     renew_leases,
 )
-from workers.executor import EngineExecutor, _finish
 from training_app.models import Operation, TrainingRun
+from training_app.signals import operation_finished
+from workers.executor import EngineExecutor, _finish
+from workers.reaper import Reaper
 
 logger = logging.getLogger(__name__)
-
-UNFINISHED = (Operation.Status.PENDING, Operation.Status.RUNNING)
-
-
-class NoDeathPenalty(BaseDeathPenalty):
-    """Never interrupt a job: a step cut in half by SIGALRM would corrupt nothing
-    (outcomes are committed atomically) but would waste the work and retry forever."""
-
-    def setup_death_penalty(self) -> None:
-        pass
-
-    def cancel_death_penalty(self) -> None:
-        pass
 
 
 def default_worker_name() -> str:
@@ -102,8 +84,6 @@ class WorkerRuntime:
         if self._started:
             return
         self._started = True
-        from training_app.signals import operation_finished
-
         operation_finished.connect(self._on_finished, weak=False)
         engine = self.executor.engine
         for name in engine.specs:
@@ -468,133 +448,3 @@ def exit_worker(name: str, code: int, shutdown_started: float | None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-class Reaper:
-    """Finds work that no job will pick up and queues it again.
-
-    Covers jobs lost with a restarted Redis, enqueues that failed while Redis was
-    down, operations of SIGKILLed workers (their leases ran out), personal
-    queues of dead workers, seq gaps past their timeout, and the automatic
-    checkpoints of released runs.
-    """
-
-    def __init__(self, backend: queues.Backend) -> None:
-        self.backend = backend
-
-    def run(self) -> None:
-        self._training()
-        self._samples()
-        self._dead_queues()
-        self._released_state()
-
-    def _training(self) -> None:
-        ids = set(
-            Operation.objects.filter(status__in=UNFINISHED, training_run__isnull=False)
-            .values_list("training_run_id", flat=True)
-        )
-        if not ids:
-            return
-        free = TrainingRun.objects.filter(id__in=ids).filter(Q(lease_owner="") | Q(lease_expires_at__lt=Now()))
-        for run_id in free.values_list("id", flat=True):
-            if queues.enqueue_drain(run_id):
-                logger.info("reaper: queued a drain of run %s", run_id)
-
-    def _samples(self) -> None:
-        stale = Operation.objects.filter(
-            kind=Operation.Kind.SAMPLE, status=Operation.Status.RUNNING, lease_expires_at__lt=Now()
-        )
-        for op in stale:
-            if op.attempts >= MAX_ATTEMPTS:
-                _finish(op, error=WORKER_DIED.format(attempts=op.attempts), category="server")
-                continue
-            Operation.objects.filter(pk=op.pk, status=Operation.Status.RUNNING, worker=op.worker).update(
-                status=Operation.Status.PENDING, worker="", lease_expires_at=None
-            )
-            logger.warning("reaper: sample %s was left running by worker %s; queued again", op.request_id, op.worker)
-            queues.enqueue_sample(op.request_id, force=True)
-        for request_id in Operation.objects.filter(
-            kind=Operation.Kind.SAMPLE, status=Operation.Status.PENDING
-        ).values_list("request_id", flat=True):
-            queues.enqueue_sample(request_id)
-
-    def _dead_queues(self) -> None:
-        """Drop the personal queues of dead workers; their runs are queued again on the shared one.
-
-        Their jobs are not read (that needs their serializer and they only name
-        runs): ``enqueue_drain`` sees that a run's marker points at a dead
-        worker's queue and queues the run afresh.
-        """
-        from rq import Queue
-
-        prefix = self.backend.personal_queue("")
-        conn = queues.connection()
-        for queue in Queue.all(connection=conn):
-            if queue.name.startswith(prefix) and not queues.is_alive(self.backend, queue.name[len(prefix):]):
-                queue.delete(delete_jobs=True)
-                logger.info("reaper: removed the queue of dead worker %s", queue.name[len(prefix):])
-
-    def _released_state(self) -> None:
-        for run in TrainingRun.objects.filter(released=True, state_seq__isnull=False, lease_owner=""):
-            prune_state(run, keep_seq=None)
-            TrainingRun.objects.filter(pk=run.pk).update(state_seq=None)
-
-
-# -- the RQ worker class ---------------------------------------------------------
-
-_runtime: WorkerRuntime | None = None
-_runtime_lock = threading.Lock()
-
-
-def current_runtime(name: str | None = None) -> WorkerRuntime:
-    """The process's runtime (an explicit registry: one per worker process)."""
-    global _runtime
-    with _runtime_lock:
-        if _runtime is None:
-            _runtime = WorkerRuntime(name or default_worker_name())
-        return _runtime
-
-
-class TuftWorker(SimpleWorker):
-    """A non-forking RQ worker that keeps the base model and adapters resident."""
-
-    death_penalty_class = NoDeathPenalty
-    # Reconnect quickly after a Redis restart.
-    max_connection_wait_time = 5.0
-
-    def __init__(self, queues_: object, *args: object, **kwargs: object) -> None:
-        runtime = current_runtime(str(kwargs.get("name") or default_worker_name()))
-        backend = runtime.backend
-        given = queues_ if isinstance(queues_, (list, tuple)) else [queues_]
-        names = [q if isinstance(q, str) else q.name for q in given]  # type: ignore[attr-defined]
-        # Its own queue first (runs whose state it holds), then the shared ones.
-        wanted = [backend.personal_queue(runtime.name), backend.train_queue, backend.sample_queue]
-        names = wanted + [n for n in names if n not in wanted]
-        kwargs["name"] = runtime.name
-        kwargs["serializer"] = queues.SERIALIZER  # jobs carry JSON, never pickle
-        if kwargs.get("connection") is None:
-            kwargs["connection"] = redis.Redis.from_url(backend.redis_url, socket_connect_timeout=5)
-        kwargs.setdefault("worker_ttl", 60)
-        super().__init__(names, *args, **kwargs)  # type: ignore[arg-type]
-        self.runtime = runtime
-        self.shutdown_requested = False
-
-    def request_stop(self, signum: int, frame: object) -> None:
-        # RQ only records a stop that arrives mid-job; tuft_worker must also know
-        # about one that arrived while idle, or it would start the loop again.
-        self.shutdown_requested = True
-        self.runtime.stopping = True
-        self.runtime.start_shutdown_watchdog(signal.Signals(signum).name)
-        super().request_stop(signum, frame)
-
-    def work(self, *args: object, **kwargs: object) -> bool:
-        self.runtime.start()
-        return super().work(*args, **kwargs)  # type: ignore[arg-type]
-
-    def heartbeat(self, timeout: int | None = None, pipeline: object | None = None) -> None:
-        # After a Redis restart the worker's registration is gone: register again
-        # so that dashboards and `manage.py tuft_queues` see it.
-        if pipeline is None and self.birth_date is not None and not self.connection.exists(self.key):
-            logger.warning("worker %s: registration lost (Redis restarted?); registering again", self.name)
-            self.register_birth()
-        super().heartbeat(timeout, pipeline)  # type: ignore[arg-type]

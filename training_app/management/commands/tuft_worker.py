@@ -1,6 +1,6 @@
 """``manage.py tuft_worker``: a model-resident RQ worker for distributed mode.
 
-A thin wrapper around RQ's work loop with ``workers.runtime.TuftWorker``
+A thin wrapper around RQ's work loop with ``workers.rq_worker.TuftWorker``
 (non-forking, no job timeout). Differences from plain ``rqworker``: it listens
 on the namespace's queues by itself (its own affinity queue first), and it
 outlives a Redis restart: when RQ's loop gives up on a lost connection, it
@@ -21,6 +21,12 @@ import redis
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 from prometheus_client import start_http_server
+from rq import worker_registration
+
+from dispatch import queues
+from dispatch.queues import get_backend
+from workers.rq_worker import TuftWorker, current_runtime
+from workers.runtime import default_worker_name, exit_worker
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +45,6 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
-        from dispatch.queues import get_backend
-        from workers.runtime import TuftWorker, current_runtime, default_worker_name, exit_worker
-
         if get_backend() is None:
             raise CommandError(
                 "distributed mode is off: set REDIS_URL, or persistence: {mode: redis_url, redis_url: ...} "
@@ -76,8 +79,6 @@ class Command(BaseCommand):
 
 def _wait_for_name(runtime) -> None:  # type: ignore[no-untyped-def]
     """Refuse a name a live worker uses; wait out the liveness of a dead one (a restart after SIGKILL)."""
-    from dispatch import queues
-
     key = runtime.backend.key("alive", runtime.name)
     deadline = time.monotonic() + runtime.backend.lease_s + 2
     while True:
@@ -101,8 +102,6 @@ def _clear_stale_registration(worker) -> None:  # type: ignore[no-untyped-def]
     key for minutes. ``_wait_for_name`` has established that no other live
     process uses this name, so the record is stale.
     """
-    from rq import worker_registration
-
     try:
         if worker.connection.exists(worker.key) and not worker.connection.hexists(worker.key, "death"):
             logger.warning("worker %s: removing the stale registration of a dead worker of this name", worker.name)
