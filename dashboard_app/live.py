@@ -21,6 +21,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
+from dashboard_app.queries import LOSS_METRIC
 from training_app.models import Operation
 
 logger = logging.getLogger(__name__)
@@ -55,8 +56,6 @@ def publish(group: str, message: dict[str, Any]) -> None:
 
 def loss_event(op: Operation, metrics: dict[str, float]) -> dict[str, Any] | None:
     """The ``loss.point`` message for a completed forward_backward, else None."""
-    from dashboard_app.queries import LOSS_METRIC
-
     if (op.kind != Operation.Kind.FORWARD_BACKWARD or op.status != Operation.Status.COMPLETED
             or op.training_run_id is None or LOSS_METRIC not in metrics):
         return None

@@ -21,7 +21,7 @@ from dashboard_app.viewers import Viewer
 from sampling_app.models import SamplingSession
 from sessions_app.models import ClientSession, DailyUsage, Tenant
 from sessions_app.quotas import quota_for, quota_status
-from dispatch.registry import is_distributed
+from dispatch.registry import get_dispatcher, is_distributed
 from training_app.models import Checkpoint, Operation, TrainingRun
 
 
@@ -181,8 +181,6 @@ def usage_series(viewer: Viewer, days: int = 14) -> dict[str, Any]:
 
 
 def queue_depth() -> dict[str, int]:
-    from dispatch.registry import get_dispatcher
-
     dispatcher = get_dispatcher()
     depth = getattr(dispatcher, "queue_depth", None)
     if callable(depth):

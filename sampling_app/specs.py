@@ -8,6 +8,7 @@ from tinker import types as T
 
 from engine.sample_checks import MAX_LOGPROBS_K, validate_sample_spec
 from engine.types import SampleSpec, UserInputError
+from tuft_project.runtime import get_config
 
 
 def sample_spec_from_request(body: T.SampleRequest) -> SampleSpec:
@@ -86,8 +87,6 @@ def target_ids_from_request(td: Any, prompt_len: int) -> list[list[int]] | None:
 
 def check_fits_model(spec: SampleSpec, base_model: str) -> None:
     """Refuse up front a prompt + max_tokens longer than the model's max_model_len."""
-    from tuft_project.runtime import get_config
-
     model = next((m for m in get_config().models if m.model_name == base_model), None)
     if model is None:
         return  # the sampler reports the unknown model itself

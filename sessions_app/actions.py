@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from sessions_app.models import ApiKey, ClientSession, Tenant, hash_key, new_raw_key
+from training_app.actions import do_release_runs_of_session
 from tuft_project.exceptions import Gone, NotFound
 
 logger = logging.getLogger(__name__)
@@ -71,8 +72,6 @@ def do_heartbeat(session: ClientSession) -> None:
 
 def do_finish_session(session: ClientSession, status: str, reason: str) -> None:
     """Close a session and release the in-memory adapters of its training runs."""
-    from training_app.actions import do_release_runs_of_session
-
     with transaction.atomic():
         updated = ClientSession.objects.filter(pk=session.pk, status=ClientSession.Status.ACTIVE).update(
             status=status, finish_reason=reason[:200], finished_at=timezone.now()

@@ -17,7 +17,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sessions_app.models import DefaultQuota, QuotaLimits, Tenant
+from sampling_app.models import SamplingSession
+from sessions_app.models import DefaultQuota, Quota, QuotaLimits, Tenant
+from sessions_app.usage import checkpoint_bytes, usage_today
+from training_app.models import Checkpoint, TrainingRun
 from tuft_project.exceptions import QuotaExceeded
 
 logger = logging.getLogger(__name__)
@@ -25,8 +28,6 @@ logger = logging.getLogger(__name__)
 
 def quota_for(tenant: Tenant) -> QuotaLimits:
     """The limits that apply to ``tenant`` now: its own quota, else the default."""
-    from sessions_app.models import Quota
-
     own = Quota.objects.filter(tenant=tenant).first()
     return own if own is not None else DefaultQuota.load()
 
@@ -38,8 +39,6 @@ def _refuse(tenant: Tenant, message: str) -> QuotaExceeded:
 
 
 def check_training_run_quota(tenant: Tenant, rank: int) -> None:
-    from training_app.models import TrainingRun
-
     quota = quota_for(tenant)
     if quota.max_lora_rank is not None and rank > quota.max_lora_rank:
         raise _refuse(tenant, f"LoRA rank {rank} exceeds this tenant's maximum of {quota.max_lora_rank}")
@@ -54,8 +53,6 @@ def check_training_run_quota(tenant: Tenant, rank: int) -> None:
 
 
 def check_sampling_session_quota(tenant: Tenant) -> None:
-    from sampling_app.models import SamplingSession
-
     quota = quota_for(tenant)
     if quota.max_sampling_sessions is not None:
         active = SamplingSession.objects.filter(tenant=tenant, session__status="active").count()
@@ -69,8 +66,6 @@ def check_sampling_session_quota(tenant: Tenant) -> None:
 
 def check_checkpoint_storage(tenant: Tenant) -> None:
     """Before a save: refuse at once when the storage quota is already used up."""
-    from sessions_app.usage import checkpoint_bytes
-
     quota = quota_for(tenant)
     if quota.max_checkpoint_bytes is not None:
         used = checkpoint_bytes(tenant)
@@ -88,10 +83,6 @@ def check_checkpoint_fits(tenant: Tenant, tinker_path: str, size: int) -> None:
     A checkpoint's size is only known once written, so the caller removes the
     files when this raises. An overwritten checkpoint's old bytes do not count.
     """
-    from training_app.models import Checkpoint
-
-    from sessions_app.usage import checkpoint_bytes
-
     quota = quota_for(tenant)
     if quota.max_checkpoint_bytes is None:
         return
@@ -111,8 +102,6 @@ def check_token_budget(tenant: Tenant, kind: str, tokens: int) -> None:
     Counted against finished work: requests already in flight when the budget
     runs out still complete, so usage can pass the budget by at most those.
     """
-    from sessions_app.usage import usage_today
-
     quota = quota_for(tenant)
     limit = quota.train_tokens_per_day if kind == "train" else quota.sample_tokens_per_day
     if limit is None:
@@ -138,11 +127,6 @@ class QuotaLine:
 
 
 def quota_status(tenant: Tenant) -> list[QuotaLine]:
-    from sampling_app.models import SamplingSession
-    from training_app.models import TrainingRun
-
-    from sessions_app.usage import checkpoint_bytes, usage_today
-
     quota = quota_for(tenant)
     today = usage_today(tenant)
     return [

@@ -18,6 +18,7 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from sessions_app.models import DailyUsage, Tenant
+from training_app.models import Checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,6 @@ def usage_today(tenant: Tenant) -> DailyUsage:
 
 
 def _checkpoint_bytes_of(tenant_id: int) -> int:
-    from training_app.models import Checkpoint
-
     return int(Checkpoint.objects.filter(tenant_id=tenant_id).aggregate(total=Sum("size_bytes"))["total"] or 0)
 
 

@@ -11,6 +11,7 @@ from tinker import types as T
 from sessions_app import actions
 from sessions_app.api import TenantAPIView
 from sessions_app.models import ClientSession
+from tuft_project.exceptions import BadRequest
 from tuft_project.input_checks import MAX_DB_INT, check_metadata, check_text
 from tuft_project.runtime import get_config
 
@@ -115,16 +116,12 @@ class SessionDetailView(TenantAPIView):
 
 def _check_scope(request) -> None:  # type: ignore[no-untyped-def]
     """Sessions are never shared, so "accessible" and "owned" both mean the tenant's own."""
-    from tuft_project.exceptions import BadRequest
-
     scope = request.query_params.get("access_scope", "owned")
     if scope not in ("owned", "accessible"):
         raise BadRequest(f"access_scope must be 'owned' or 'accessible', got {scope!r}")
 
 
 def _page(request) -> tuple[int, int]:  # type: ignore[no-untyped-def]
-    from tuft_project.exceptions import BadRequest
-
     try:
         limit = int(request.query_params.get("limit", 20))
         offset = int(request.query_params.get("offset", 0))

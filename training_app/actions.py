@@ -15,16 +15,19 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from engine.checkpoints import lora_spec_from_checkpoint
 from engine.types import UserInputError
 from sessions_app.models import ClientSession, Tenant
 from dispatch.scheduler import Work
 from dispatch import registry as dispatch_registry
+from sessions_app.quotas import check_training_run_quota
 from training_app import protocol
-from training_app.checkpoint_paths import TinkerPath, parse_tinker_path
+from training_app.checkpoint_paths import TinkerPath, absolute, parse_tinker_path
 from dispatch.completions import completion_hub
 from training_app.models import Checkpoint, Operation, TrainingRun
 from training_app.signals import run_released
 from tuft_project.exceptions import ApiError, NotFound
+from tuft_project.runtime import get_config
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +102,6 @@ def scheduling_work(op: Operation, run: TrainingRun | None) -> Work:
 
 def check_lora_config(base_model: str, rank: int, train_attn: bool, train_mlp: bool, train_unembed: bool) -> None:
     """Refuse (400, at submission) a LoRA the engine would refuse: a clear error, not a failed future."""
-    from tuft_project.runtime import get_config
-
     spec = next((m for m in get_config().models if m.model_name == base_model), None)
     max_rank = spec.max_lora_rank if spec is not None else None
     if rank < 1 or (max_rank is not None and rank > max_rank):
@@ -122,7 +123,6 @@ def check_create_model(tenant: Tenant, session: ClientSession, body: Any, base_m
     optimizer_type = getattr(body.optimizer_config, "type", "adamw") if body.optimizer_config else "adamw"
     if optimizer_type != "adamw":
         raise ApiError(f"optimizer {optimizer_type!r} is not supported; use adamw")
-    from sessions_app.quotas import check_training_run_quota
 
     check_training_run_quota(tenant, lora.rank)
     return _do_create_run(tenant, session, body, body.base_model, lora, Operation.Kind.CREATE_MODEL)
@@ -174,9 +174,6 @@ def check_submit_run_op(
 
 def check_create_run_from_checkpoint(tenant: Tenant, session: ClientSession, body: Any) -> Operation:
     """create_training_client_from_state*: a new run whose seq 0 loads a checkpoint."""
-    from engine.checkpoints import lora_spec_from_checkpoint
-    from training_app.checkpoint_paths import absolute
-
     run_id = f"{session.id}:train:{body.model_seq_id}"
     existing = Operation.objects.filter(tenant=tenant, training_run_id=run_id, seq_id=0).first()
     if existing is not None:
@@ -185,7 +182,6 @@ def check_create_run_from_checkpoint(tenant: Tenant, session: ClientSession, bod
     if ckpt.kind != Checkpoint.Kind.TRAINING:
         raise ApiError("load_weights needs a training checkpoint (tinker://.../weights/...), not sampler weights")
     lora = lora_spec_from_checkpoint(absolute(ckpt.storage_path))
-    from sessions_app.quotas import check_training_run_quota
 
     check_training_run_quota(tenant, lora.rank)
     return _do_create_run(tenant, session, body, ckpt.training_run.base_model, lora, Operation.Kind.LOAD_WEIGHTS)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from django.db import transaction
 from django.utils import timezone
 
+from dispatch import queues
+from dispatch.queues import get_backend
 from sessions_app.models import ClientSession
 from training_app.checkpoint_deletion import do_delete_checkpoints
 from training_app.models import Checkpoint, Operation, TrainingRun
@@ -24,8 +27,6 @@ def recover_after_restart() -> None:
     sampling sessions and futures carry on, and pending operations are queued
     again in case Redis lost them. Mode ``disabled``: see ``fail_unfinished``.
     """
-    from dispatch.queues import get_backend
-
     backend = get_backend()
     if backend is not None and backend.persistent:
         requeue_unfinished()
@@ -40,10 +41,6 @@ def requeue_unfinished() -> None:
     do returns; a sample already claimed is skipped). Redis being down is fine
     too: the workers' reaper queues them once it is back.
     """
-    import redis
-
-    from dispatch import queues
-
     runs = set(
         Operation.objects.filter(status__in=[Operation.Status.PENDING, Operation.Status.RUNNING],
                                  training_run__isnull=False).values_list("training_run_id", flat=True)

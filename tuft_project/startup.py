@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.db import close_old_connections
 
+from dispatch.registry import get_dispatcher
+from sessions_app.actions import do_expire_silent_sessions
+from training_app.checkpoint_deletion import remove_leftover_trash
+from training_app.recovery import do_delete_expired_checkpoints, recover_after_restart
+from training_app.retention import do_delete_old_operations
 from tuft_project.home_lock import HomeLocked, lock_home
+from tuft_project.runtime import get_config
 
 logger = logging.getLogger(__name__)
 
@@ -20,9 +28,6 @@ def on_server_start() -> None:
     home's serving lock (taken already by ``tuft``; taken here for
     ``manage.py runserver`` and a bare ``daphne tuft_project.asgi:application``).
     """
-    from dispatch.registry import get_dispatcher
-    from tuft_project.runtime import get_config
-
     try:
         lock_home(settings.TUFT_HOME)
     except HomeLocked as exc:
@@ -30,8 +35,6 @@ def on_server_start() -> None:
 
     config = get_config()  # a bad models.yaml fails here, at start-up, with a clear message
     logger.info("serving %d model(s): %s", len(config.models), ", ".join(m.model_name for m in config.models))
-    from training_app.checkpoint_deletion import remove_leftover_trash
-    from training_app.recovery import recover_after_restart
 
     recover_after_restart()
     remove_leftover_trash()
@@ -41,14 +44,6 @@ def on_server_start() -> None:
 
 def _housekeeping() -> None:
     """Expire silent sessions, checkpoints past their TTL and old operations, once a minute-ish."""
-    import time
-
-    from django.db import close_old_connections
-
-    from sessions_app.actions import do_expire_silent_sessions
-    from training_app.recovery import do_delete_expired_checkpoints
-    from training_app.retention import do_delete_old_operations
-
     interval = min(60.0, max(1.0, settings.TUFT_SESSION_TIMEOUT_S / 4))
     while True:
         time.sleep(interval)

@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any, Callable
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
+from dispatch.completions import completion_hub
 from engine.types import EngineError, UserInputError
 from monitoring_app.log_context import bind_tenant, log_context
-from dispatch.completions import completion_hub
+from sessions_app.usage import record_operation_usage
 from training_app.models import Operation, TrainingRun
 from training_app.signals import operation_finished
 from tuft_project.exceptions import ApiError
@@ -141,6 +142,8 @@ class EngineExecutor:
     def engine(self) -> Engine:
         with self._lock:
             if self._engine is None:
+                # Lazy on purpose: importing the engine loads torch, which the API
+                # process in distributed mode (and manage.py) never needs.
                 from engine.runtime import Engine
 
                 self._engine = Engine(get_config().models)
@@ -320,8 +323,6 @@ def _count_refused(op: Operation) -> None:
     Such an operation never ran, so ``started_at`` is empty; claiming it here
     keeps a re-dispatch from counting it twice.
     """
-    from sessions_app.usage import record_operation_usage
-
     with transaction.atomic():
         if Operation.objects.filter(pk=op.pk, started_at__isnull=True).update(started_at=op.finished_at):
             record_operation_usage(op, None)
@@ -350,7 +351,6 @@ def _finish(
                 status=Operation.Status.FAILED, error=error, error_category=category, finished_at=timezone.now(),
             )
         _advance_run(op)
-        from sessions_app.usage import record_operation_usage
 
         record_operation_usage(op, outcome)
     completion_hub.notify(op.request_id)

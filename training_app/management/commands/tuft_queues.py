@@ -15,14 +15,13 @@ import redis
 from django.core.management.base import BaseCommand
 from django.db.models import Count
 from django.utils import timezone
+from rq import Queue, Worker
+
+from dispatch import queues
+from training_app.models import Operation, TrainingRun
 
 
 def snapshot() -> dict[str, Any]:
-    from rq import Queue, Worker
-
-    from dispatch import queues
-    from training_app.models import Operation, TrainingRun
-
     ops = dict(
         Operation.objects.filter(status__in=[Operation.Status.PENDING, Operation.Status.RUNNING])
         .values_list("status").annotate(n=Count("pk")).values_list("status", "n")
