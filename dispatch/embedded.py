@@ -6,7 +6,8 @@ Two back ends behind one interface (``submit_training`` / ``submit_sampling``):
   one lane for training and one for sampling, sharing one ``Engine``.
 * the RQ back end (``dispatch.distributed``) when ``REDIS_URL`` or models.yaml
   ``persistence: {mode: redis_url}`` is set (docs/distributed.md); it keeps the same
-  ordering rules, read from the database, in ``workers.runtime``.
+  ordering rule (``dispatch.ordering.next_in_order``), applied to the database, in
+  ``workers.runtime``.
 
 Both use the Django-free core in ``dispatch/``: ``RunOrdering`` (an operation
 of a run starts only after every smaller ``seq_id`` of that run finished; a seq

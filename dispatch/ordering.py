@@ -6,18 +6,41 @@ order (the SDK sends chunk 1 of a batch last). A seq id that never arrives would
 block its run forever, so after ``gap_timeout_s`` it is skipped (logged): a
 client bug must not hang every later future.
 
-Not thread-safe on its own; callers hold their own lock. No Django here.
+The rule itself is ``next_in_order``: the embedded lanes apply it to what
+they queued in memory (``RunOrdering``), RQ workers to the run's operations in
+the database (``workers.runtime``). Not thread-safe on its own; callers hold
+their own lock. No Django here.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Collection, Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
+
+
+def next_in_order(next_seq: int, queued: Collection[int], waited_s: float, gap_timeout_s: float) -> int | None:
+    """The seq of a run's operation that may start now, or None while the run must wait.
+
+    ``next_seq`` is the run's next seq; ``queued`` the seqs of its operations
+    waiting to run; ``waited_s`` how long the run has been waiting for
+    ``next_seq`` to arrive. ``next_seq`` runs when it is queued; a smaller seq
+    arrived after its gap was skipped and runs next; otherwise the lowest queued
+    seq runs once ``next_seq`` has been missing for ``gap_timeout_s`` (a skip:
+    the caller moves the run's next seq there and logs it).
+    """
+    if not queued:
+        return None
+    if next_seq in queued:
+        return next_seq
+    lowest = min(queued)
+    if lowest < next_seq or waited_s >= gap_timeout_s:
+        return lowest
+    return None
 
 
 @dataclass
@@ -58,19 +81,17 @@ class RunOrdering(Generic[Item]):
         for run_id, state in self._runs.items():
             if state.in_flight or not state.pending:
                 continue
-            seq = state.next_seq
-            if seq not in state.pending:
-                lowest = min(state.pending)
-                if lowest < seq:  # arrived after its gap was skipped: run it next
-                    seq = lowest
-                else:
-                    if state.waiting_since is None:
-                        state.waiting_since = now
-                    if now - state.waiting_since < self.gap_timeout_s:
-                        continue
-                    logger.warning("run %s: seq %d never arrived in %.0fs; skipping to %d",
-                                   run_id, seq, self.gap_timeout_s, lowest)
-                    seq = state.next_seq = lowest
+            if state.next_seq not in state.pending and min(state.pending) > state.next_seq:
+                if state.waiting_since is None:  # a gap: the run starts waiting for it now
+                    state.waiting_since = now
+            waited = now - state.waiting_since if state.waiting_since is not None else 0.0
+            seq = next_in_order(state.next_seq, state.pending, waited, self.gap_timeout_s)
+            if seq is None:
+                continue
+            if seq > state.next_seq:
+                logger.warning("run %s: seq %d never arrived in %.0fs; skipping to %d",
+                               run_id, state.next_seq, self.gap_timeout_s, seq)
+                state.next_seq = seq
             state.waiting_since = None
             state.in_flight = True
             ready.append((state.pending.pop(seq), run_id, seq))

@@ -46,11 +46,12 @@ TUFT_FWDBWD_MAX_CHUNK_LEN = int(os.environ.get("TUFT_FWDBWD_MAX_CHUNK_LEN", "256
 # Finished operations (futures, with their request and result) are deleted after
 # this many days by housekeeping (training_app.retention); 0 keeps them forever.
 TUFT_OPERATION_RETENTION_DAYS = float(os.environ.get("TUFT_OPERATION_RETENTION_DAYS", "7"))
-# Scheduling (dispatch.embedded, dispatch.scheduler): a seq_id that never arrives is
-# skipped after this long; ready forward/forward_backward operations of different runs run
-# as one engine pass of at most TUFT_TRAIN_BATCH_TOKENS input tokens and TUFT_TRAIN_BATCH_MAX
-# operations; queued sample requests go to the sampler in batches of at most
-# TUFT_SAMPLE_BATCH_MAX requests / TUFT_SAMPLE_BATCH_TOKENS (prompt + max new) tokens.
+# Scheduling, read by the embedded lanes and by Redis-mode workers (docs/operators.md):
+# a seq_id that never arrives is skipped after this long; ready forward/forward_backward
+# operations of different runs run as one engine pass of at most TUFT_TRAIN_BATCH_TOKENS
+# input tokens and TUFT_TRAIN_BATCH_MAX operations; queued sample requests go to the
+# sampler in batches of at most TUFT_SAMPLE_BATCH_MAX requests / TUFT_SAMPLE_BATCH_TOKENS
+# (prompt + max new) tokens (embedded lanes only, for now).
 TUFT_SEQ_GAP_TIMEOUT_S = float(os.environ.get("TUFT_SEQ_GAP_TIMEOUT_S", "60"))
 TUFT_TRAIN_BATCH_TOKENS = int(os.environ.get("TUFT_TRAIN_BATCH_TOKENS", "8192"))
 TUFT_TRAIN_BATCH_MAX = int(os.environ.get("TUFT_TRAIN_BATCH_MAX", "16"))
@@ -166,7 +167,7 @@ ASGI_APPLICATION = "tuft_project.asgi.application"
 
 _sqlite_path = TUFT_HOME / "db.sqlite3"
 DATABASES = {
-    "default": dj_database_url.config(default=f"sqlite:///{_sqlite_path}", conn_max_age=0),
+    "default": dj_database_url.config(env="DATABASE_URL", default=f"sqlite:///{_sqlite_path}", conn_max_age=0),
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the API read while the worker writes; IMMEDIATE transactions and a

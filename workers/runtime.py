@@ -24,6 +24,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from dispatch import queues
+from dispatch.ordering import next_in_order
 from dispatch.scheduler import FairScheduler
 from training_app.actions import scheduling_work
 from workers.handoff import (
@@ -66,7 +67,7 @@ class WorkerRuntime:
         self.local = LocalRuns()
         self.executor = EngineExecutor(HandoffHooks(name, backend.lease_s, self.local))
         self.lock = threading.RLock()
-        self.gap_timeout_s = float(os.environ.get("TUFT_SEQ_GAP_TIMEOUT_S", "60"))
+        self.gap_timeout_s = float(settings.TUFT_SEQ_GAP_TIMEOUT_S)
         self.idle_evict_s = float(os.environ.get("TUFT_WORKER_IDLE_EVICT_S", "900"))
         self.tick_s = max(0.5, backend.lease_s / 3)
         self._started = False
@@ -326,7 +327,7 @@ class WorkerRuntime:
             self._after(op)
 
     def _next_op(self, run: TrainingRun) -> Operation | None:
-        """The operation to run next under the seq rules of dispatch.embedded."""
+        """The operation to run next under the seq rule (``dispatch.ordering.next_in_order``)."""
         op = Operation.objects.filter(training_run=run, seq_id=run.next_seq_id).first()
         if op is not None:
             return op  # pending, a stale RUNNING one, or failed at submission (just advances)
@@ -335,14 +336,15 @@ class WorkerRuntime:
         )
         if lowest is None or lowest.seq_id is None:
             return None
-        if lowest.seq_id < run.next_seq_id:  # arrived after its gap was skipped: run it next
-            return lowest
+        # The run has waited for its next seq at least since this later operation arrived.
         waited = (timezone.now() - lowest.created_at).total_seconds()
-        if waited < self.gap_timeout_s:
+        seq = next_in_order(run.next_seq_id, [lowest.seq_id], waited, self.gap_timeout_s)
+        if seq is None:
             return None  # the missing seq may still come; the reaper looks again later
-        logger.warning("run %s: seq %d never arrived in %.0fs; skipping to %d",
-                       run.id, run.next_seq_id, self.gap_timeout_s, lowest.seq_id)
-        TrainingRun.objects.filter(pk=run.pk, lease_owner=self.name).update(next_seq_id=lowest.seq_id)
+        if seq > run.next_seq_id:
+            logger.warning("run %s: seq %d never arrived in %.0fs; skipping to %d",
+                           run.id, run.next_seq_id, self.gap_timeout_s, seq)
+            TrainingRun.objects.filter(pk=run.pk, lease_owner=self.name).update(next_seq_id=seq)
         return lowest
 
     def _take_over(self, op: Operation) -> bool:

@@ -1,8 +1,8 @@
-"""dispatch.ordering.RunOrdering without threads or Django: seq order, gaps, release."""
+"""dispatch.ordering without threads or Django: the seq rule, and RunOrdering (seq order, gaps, release)."""
 
 from __future__ import annotations
 
-from dispatch.ordering import RunOrdering
+from dispatch.ordering import RunOrdering, next_in_order
 
 
 def test_release_of_a_run_waiting_for_a_gap_returns_its_queued_ops_and_never_breaks_later_passes() -> None:
@@ -47,3 +47,20 @@ def test_late_arrival_after_a_skipped_gap_runs_next() -> None:
     o.add("r", 2, "req2", next_seq_id=2)  # ... and arrives after all
     o.done("r", 3)
     assert o.pop_ready(now=12) == [("req2", "r", 2)]
+
+
+def test_the_seq_rule_runs_the_next_seq_else_waits_for_it_until_the_gap_timeout() -> None:
+    assert next_in_order(2, [], waited_s=100, gap_timeout_s=10) is None  # nothing queued
+    assert next_in_order(2, [2, 3], waited_s=0, gap_timeout_s=10) == 2  # its turn
+    assert next_in_order(2, [3, 4], waited_s=9.9, gap_timeout_s=10) is None  # seq 2 may still come
+    assert next_in_order(2, [4, 3], waited_s=10, gap_timeout_s=10) == 3  # gap skipped: the lowest queued
+    assert next_in_order(5, [3, 7], waited_s=0, gap_timeout_s=10) == 3  # arrived after its gap was skipped
+
+
+def test_the_lanes_and_the_rule_agree_on_a_gap() -> None:
+    """RunOrdering measures the wait from when it first saw the gap, then applies next_in_order."""
+    o: RunOrdering[str] = RunOrdering(gap_timeout_s=10)
+    o.add("r", 1, "req1", next_seq_id=0)
+    assert o.pop_ready(now=100) == []  # waiting for seq 0 since t=100
+    assert o.pop_ready(now=109.9) == []
+    assert o.pop_ready(now=110) == [("req1", "r", 1)]
