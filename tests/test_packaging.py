@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -58,14 +60,19 @@ def test_importing_tuft_loads_neither_django_nor_torch() -> None:
     assert out.stdout.split() == ["False", "False"], out.stderr
 
 
-def test_wheel_has_the_command_the_extras_and_every_package(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp_path = tmp_path_factory.mktemp("wheel")
     # Built from a copy: setuptools writes build/ and *.egg-info next to the sources.
     src = tmp_path / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
         ".git", ".venv", "var", "build", "*.egg-info", "__pycache__", ".pytest_cache", "bench", "node_modules"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
                     str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=300)
-    wheel = next((tmp_path / "dist").glob("tuft-*.whl"))
+    return next((tmp_path / "dist").glob("tuft-*.whl"))
+
+
+def test_wheel_has_the_command_the_extras_and_every_package(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         meta = next(zf.read(n).decode() for n in names if n.endswith("/METADATA"))
@@ -77,3 +84,40 @@ def test_wheel_has_the_command_the_extras_and_every_package(tmp_path: Path) -> N
     assert "tuft = tuft_project.cli:main" in entry_points
     for extra in ("dev", "backend", "persistence"):
         assert f"Provides-Extra: {extra}" in meta
+    # Every dashboard template and static file travels as a data file (pyproject's data-files
+    # lists directories one by one, so a new sub-directory must be added there).
+    data = {n.split("/data/share/tuft/", 1)[1] for n in names if "/data/share/tuft/" in n}
+    tree = {str(f.relative_to(ROOT)) for d in ("templates", "static") for f in (ROOT / d).rglob("*") if f.is_file()}
+    assert tree and tree <= data, sorted(tree - data)
+
+
+def test_installed_wheel_renders_the_dashboard_outside_a_checkout(wheel: Path, tmp_path: Path) -> None:
+    prefix = tmp_path / "prefix"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(prefix), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    site = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    code = """
+import django, tuft_project
+from django.conf import settings
+from django.contrib.staticfiles import finders
+from django.template.loader import get_template
+django.setup()
+print(tuft_project.__file__)
+print(settings.SHARE_DIR)
+print(len(get_template("dashboard/base.html").render({})) > 0)
+print(finders.find("vendor/uplot/uPlot.iife.min.js"))
+print(settings.TUFT_HOME)
+"""
+    run_dir = tmp_path / "elsewhere"
+    run_dir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TUFT_", "DJANGO_", "DATABASE_URL"))}
+    env.update(PYTHONPATH=str(site), DJANGO_SETTINGS_MODULE="tuft_project.settings")
+    out = subprocess.run([sys.executable, "-c", code], cwd=run_dir, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    module, share, rendered, uplot, home = out.stdout.split()
+    assert Path(module).is_relative_to(site)  # the installed copy, not this checkout
+    assert Path(share) == prefix / "share" / "tuft"
+    assert rendered == "True"
+    assert Path(uplot).is_relative_to(prefix)
+    assert Path(home) == (run_dir / "var").resolve()  # ./var, as `tuft --help` says

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -25,7 +26,30 @@ from django.core.exceptions import ImproperlyConfigured
 from tuft_project.secret_key import SecretKeyError, key_is_weak, load_or_create_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-TUFT_HOME = Path(os.environ.get("TUFT_HOME", BASE_DIR / "var")).expanduser().resolve()
+
+
+def _share_dir() -> Path:
+    """Where the dashboard's ``templates/`` and ``static/`` trees are.
+
+    In a checkout (``manage.py`` beside the packages) they are in the tree. An installed wheel
+    carries them as data files under ``<prefix>/share/tuft`` (see pyproject.toml): ``sys.prefix``
+    for a normal or virtualenv install, or the prefix the packages were installed under
+    (``pip install --prefix``/``--user``: ``<prefix>/lib/pythonX.Y/site-packages``).
+    """
+    if (BASE_DIR / "manage.py").exists():
+        return BASE_DIR
+    for prefix in (Path(sys.prefix), BASE_DIR.parents[2]):
+        if (prefix / "share" / "tuft" / "templates").is_dir():
+            return prefix / "share" / "tuft"
+    raise ImproperlyConfigured(
+        f"TuFT's templates are neither beside {BASE_DIR} (a checkout) nor under {sys.prefix}/share/tuft "
+        "(an installed wheel): reinstall the package")
+
+
+SHARE_DIR = _share_dir()
+# The data directory: the checkout's var/ when run from a checkout, else ./var (as `tuft --help` says).
+_DEFAULT_HOME = BASE_DIR / "var" if SHARE_DIR == BASE_DIR else Path.cwd() / "var"
+TUFT_HOME = Path(os.environ.get("TUFT_HOME", _DEFAULT_HOME)).expanduser().resolve()
 TUFT_MODEL_CONFIG = Path(os.environ.get("TUFT_MODEL_CONFIG", TUFT_HOME / "models.yaml")).expanduser()
 TUFT_CHECKPOINT_DIR = Path(os.environ.get("TUFT_CHECKPOINT_DIR", TUFT_HOME / "checkpoints")).expanduser().resolve()
 # Sessions with no heartbeat for this long are closed and their adapters released.
@@ -151,7 +175,7 @@ ROOT_URLCONF = "tuft_project.urls"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        "DIRS": [SHARE_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -226,7 +250,7 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = TUFT_HOME / "static"
-STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").exists() else []
+STATICFILES_DIRS = [SHARE_DIR / "static"]
 DATA_UPLOAD_MAX_MEMORY_SIZE = TUFT_MAX_BODY_BYTES  # Django's own check (request.body)
 
 REST_FRAMEWORK = {
