@@ -20,7 +20,7 @@ from tests.conftest import write_models_yaml
 from workers.runtime import WorkerRuntime
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTING = re.compile(r"\b(TUFT_[A-Z0-9_]+|REDIS_URL|DATABASE_URL)\b")
+SETTING = re.compile(r"\b(TUFT_[A-Z0-9_]*[A-Z0-9]|REDIS_URL|DATABASE_URL)\b")
 SETTINGS_PY = ROOT / "tuft_project" / "settings.py"
 # Settings of the test suite itself, read by the tests that honour them.
 TEST_SETTINGS = {"TUFT_UPDATE_SCREENSHOTS": ROOT / "tests" / "browser" / "conftest.py"}
