@@ -6,6 +6,7 @@ mapping of every sampling option reads in one place.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -16,6 +17,11 @@ logger = logging.getLogger(__name__)
 
 # vLLM samples greedily below this temperature (its _SAMPLING_EPS) and then refuses n > 1.
 GREEDY_BELOW = 1e-5
+# vLLM refuses hotter sampling (a range check in SamplingParams); hotter requests are sent
+# at this temperature and engine.vllm_logits.ExtraTemperature divides by the rest.
+VLLM_MAX_TEMPERATURE = 2.0
+EXTRA_TEMPERATURE_PROCESSOR = "engine.vllm_logits:ExtraTemperature"  # loaded by name in vLLM's engine core
+EXTRA_TEMPERATURE_ARG = "tuft_extra_temperature"  # SamplingParams.extra_args key it reads
 
 
 def engine_kwargs(spec: BaseModelSpec, on_gpu: bool) -> dict[str, Any]:
@@ -40,6 +46,8 @@ def engine_kwargs(spec: BaseModelSpec, on_gpu: bool) -> dict[str, Any]:
         "generation_config": "vllm",
         "disable_log_stats": True,
         "seed": 0,
+        # Lifts vLLM's temperature limit of 2 (see ``sampling_kwargs``).
+        "logits_processors": [EXTRA_TEMPERATURE_PROCESSOR],
         **({"gpu_memory_utilization": spec.gpu_memory_utilization} if on_gpu else {}),
     }
 
@@ -52,11 +60,15 @@ def sampling_kwargs(spec: SampleSpec, max_tokens: int, stops: list[list[int]]) -
     single tokens only; longer stop sequences are cut afterwards (``to_result``).
     """
     greedy = spec.temperature < GREEDY_BELOW
+    # vLLM refuses temperature > 2; the rest is divided out by engine.vllm_logits.
+    temperature = min(spec.temperature, VLLM_MAX_TEMPERATURE)
+    extra = {EXTRA_TEMPERATURE_ARG: spec.temperature / VLLM_MAX_TEMPERATURE} if spec.temperature > temperature else None
     return {
         # Greedy rows are all alike: decode one and copy it (``to_result``).
         "n": 1 if greedy else spec.num_samples,
         "max_tokens": max_tokens,
-        "temperature": spec.temperature,
+        "temperature": temperature,
+        "extra_args": extra,
         "top_p": spec.top_p,
         "top_k": spec.top_k if spec.top_k > 0 else 0,
         "seed": spec.seed,
@@ -66,6 +78,8 @@ def sampling_kwargs(spec: SampleSpec, max_tokens: int, stops: list[list[int]]) -
         "stop_token_ids": [seq[0] for seq in stops if len(seq) == 1],
         "ignore_eos": True,
         "logprobs": spec.topk_sample_logprobs,
+        # 0: each prompt token's own logprob; k: plus the k most likely (raw, like sampled ones).
+        "prompt_logprobs": spec.topk_prompt_logprobs if scores_prompt(spec) else None,
         "detokenize": bool(spec.stop_strings),
     }
 
@@ -98,31 +112,52 @@ def _sequence(completion: Any, spec: SampleSpec, stops: list[list[int]]) -> Samp
 
 
 def to_result(output: Any, spec: SampleSpec, stops: list[list[int]]) -> SampleResult:
-    """A finished ``vllm.RequestOutput`` as the engine's ``SampleResult`` (no prompt scoring: see ``needs_hf``)."""
+    """A finished ``vllm.RequestOutput`` as the engine's ``SampleResult``."""
     completions = sorted(output.outputs, key=lambda c: c.index)
     sequences = [_sequence(c, spec, stops) for c in completions]
     if len(sequences) == 1 < spec.num_samples:  # greedy: one decode stands for every sample
         sequences *= spec.num_samples
-    return SampleResult(sequences=sequences)
+    result = SampleResult(sequences=sequences)
+    if scores_prompt(spec):
+        result = _with_prompt_scores(result, list(output.prompt_logprobs or []), spec)
+    return result
 
 
-# vLLM refuses hotter sampling; the API allows it, so such requests go to the HF decoder.
-VLLM_MAX_TEMPERATURE = 2.0
+def _with_prompt_scores(result: SampleResult, rows: list[Any], spec: SampleSpec) -> SampleResult:
+    """vLLM's prompt logprobs (``rows[i]``: position i, None at 0) as the HF back end reports them.
+
+    Positions before the last ``prompt_logprobs_last_n`` are not reported (None).
+    """
+    prompt = spec.prompt
+    first = 1 + (len(prompt) - 1 - spec.prompt_logprobs_last_n if spec.prompt_logprobs_last_n is not None else 0)
+    scored = range(max(1, first), len(prompt))
+    if spec.prompt_logprobs:
+        values: list[float | None] = [None] * len(prompt)
+        for i in scored:
+            values[i] = float(rows[i][prompt[i]].logprob)
+        result = dataclasses.replace(result, prompt_logprobs=values)
+    if spec.topk_prompt_logprobs:
+        topk: list[list[tuple[int, float]] | None] = [None] * len(prompt)
+        for i in scored:
+            topk[i] = _topk(rows[i], spec.topk_prompt_logprobs)
+        result = dataclasses.replace(result, topk_prompt_logprobs=topk)
+    return result
+
+
+def scores_prompt(spec: SampleSpec) -> bool:
+    """The request asks for prompt logprobs or top-k prompt logprobs (what vLLM can compute)."""
+    return bool(spec.prompt_logprobs or spec.topk_prompt_logprobs)
 
 
 def needs_hf(spec: SampleSpec) -> str | None:
     """Why the HF decoder on the same host must serve this request instead of vLLM (None: it need not).
 
-    Prompt scoring goes to HF because vLLM 0.32 computes prompt logprobs wrongly once an
-    ``lm_head`` LoRA sits in one of its slots (``LogitsProcessorWithLoRA`` maps the
-    prompt's rows with the per-request sampler indices), even for base-model requests;
-    our adapters train ``lm_head`` by default. Per-id prompt scoring and alternative
-    prompt tokens have no vLLM equivalent on CPU at all.
+    Per-id prompt scoring (``target_prompt_logprobs``) and alternative prompt tokens have
+    no vLLM equivalent. Prompt logprobs with an ``lm_head`` adapter are decided per
+    request by ``engine.vllm_sampling`` (it needs the adapter's files).
     """
-    if spec.prompt_logprobs or spec.topk_prompt_logprobs or spec.target_prompt_ids is not None:
-        return "prompt scoring"
+    if spec.target_prompt_ids is not None:
+        return "target_prompt_logprobs"
     if spec.prompt_alt_tokens_k:
         return "prompt_alt_tokens"
-    if spec.temperature > VLLM_MAX_TEMPERATURE:
-        return f"temperature above {VLLM_MAX_TEMPERATURE}"
     return None

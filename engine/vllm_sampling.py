@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import json
 import logging
 import os
 import queue
@@ -37,7 +38,7 @@ from engine.process_reaper import Reaper
 from engine.sample_checks import check_sample_for_model, stop_sequences
 from engine.sampling import HFSampler
 from engine.types import EngineError, SampleRequest, SampleResult, UserInputError
-from engine.vllm_requests import engine_kwargs, needs_hf, sampling_kwargs, to_result
+from engine.vllm_requests import engine_kwargs, needs_hf, sampling_kwargs, scores_prompt, to_result
 
 # NOTE: KV cache size on CPU in GiB; vLLM's default (4) is more than small
 # machines can spare next to the trainer. An operator's own setting wins.
@@ -64,7 +65,24 @@ class _Submission:
     prompt: list[int]
     params: Any  # vllm.SamplingParams
     adapter_dir: Path | None
+    scores_prompt: bool = False  # asks for prompt logprobs
+    lm_head: bool = False  # its adapter has an lm_head LoRA
     future: Future = field(default_factory=Future)
+
+
+class _ServeOnHF(Exception):
+    """Set on a submission's future by the driver: the HF decoder must serve it (see ``_admit``)."""
+
+
+def targets_lm_head(directory: Path) -> bool:
+    """Whether the PEFT adapter in ``directory`` has an ``lm_head`` LoRA (True when unsure)."""
+    try:
+        targets = json.loads((directory / checkpoints.ADAPTER_CONFIG).read_text()).get("target_modules") or []
+    except (OSError, ValueError):
+        return True
+    if isinstance(targets, str):  # a regular expression over module names
+        return "lm_head" in targets
+    return any(str(t).split(".")[-1] == "lm_head" for t in targets)
 
 
 class _AdapterIds:
@@ -96,9 +114,12 @@ class VLLMSampler:
     def __init__(self, host: ModelHost) -> None:
         self.host = host
         on_gpu = host.device.type == "cuda"
-        # Serves what vLLM cannot serve correctly (``needs_hf``: prompt scoring, hot
-        # temperatures) with the trainer's own copy of the model.
+        # Serves what vLLM cannot serve (correctly) with the trainer's own copy of the
+        # model: ``needs_hf``, and prompt logprobs next to an lm_head adapter (``_admit``).
         self.fallback = HFSampler(host)
+        self._fallback_reasons: set[str] = set()
+        # Submissions waiting until no request in the engine scores its prompt (driver only).
+        self._deferred: list[_Submission] = []
         self._adapters = _AdapterIds(host.spec.max_cpu_loras)
         self._inbox: queue.Queue[_Submission | None] = queue.Queue()
         self._pending: dict[str, _Submission] = {}
@@ -135,14 +156,20 @@ class VLLMSampler:
                 if self._dead is not None:
                     raise EngineError(f"the vLLM engine of {self.host.spec.model_name} stopped: {self._dead}")
                 max_tokens = check_sample_for_model(req.spec, self.host.vocab_size, self.host.spec.max_model_len)
-                if needs_hf(req.spec):
+                adapter = Path(req.adapter_dir) if req.adapter_dir else None
+                lm_head = adapter is not None and targets_lm_head(adapter)
+                reason = needs_hf(req.spec)
+                if reason is None and scores_prompt(req.spec) and lm_head:
+                    reason = "prompt logprobs with an lm_head adapter"
+                if reason is not None:
+                    self._note_fallback(reason)
                     on_hf.append(slot)
                     continue
                 stops = stop_sequences(req.spec, self.host.eos_token_id)
                 params = SamplingParams(**sampling_kwargs(req.spec, max_tokens, stops),
                                         output_kind=RequestOutputKind.FINAL_ONLY)
-                sub = _Submission(f"tuft-{uuid.uuid4().hex}", list(req.spec.prompt), params,
-                                  Path(req.adapter_dir) if req.adapter_dir else None)
+                sub = _Submission(f"tuft-{uuid.uuid4().hex}", list(req.spec.prompt), params, adapter,
+                                  scores_prompt=scores_prompt(req.spec), lm_head=lm_head)
                 self._inbox.put(sub)
                 submitted.append((slot, sub, stops))
             except EngineError as exc:
@@ -153,6 +180,7 @@ class VLLMSampler:
             for slot, outcome in zip(on_hf, self.fallback.sample_many([requests[i] for i in on_hf])):
                 outcomes[slot] = outcome
         deadline = time.monotonic() + REQUEST_TIMEOUT_S
+        rerouted: list[int] = []
         for slot, sub, stops in submitted:
             try:
                 output = sub.future.result(timeout=max(0.0, deadline - time.monotonic()))
@@ -160,9 +188,22 @@ class VLLMSampler:
             except FutureTimeout:
                 self._inbox.put(_Submission(sub.request_id, [], None, None))  # asks the driver to abort it
                 outcomes[slot] = EngineError(f"sample did not finish in {REQUEST_TIMEOUT_S:.0f} s")
+            except _ServeOnHF as exc:
+                self._note_fallback(str(exc))
+                rerouted.append(slot)
             except EngineError as exc:
                 outcomes[slot] = exc
+        if rerouted:
+            for slot, outcome in zip(rerouted, self.fallback.sample_many([requests[i] for i in rerouted])):
+                outcomes[slot] = outcome
         return [o if o is not None else EngineError("request was not served") for o in outcomes]
+
+    def _note_fallback(self, reason: str) -> None:
+        """Log once per reason (per engine) that such requests are decoded by the HF back end."""
+        if reason not in self._fallback_reasons:
+            self._fallback_reasons.add(reason)
+            logger.info("%s: requests with %s are served by the HF decoder, not vLLM (docs/api.md)",
+                        self.host.spec.model_name, reason)
 
     def close(self) -> None:
         """Stop the driver and the engine's processes; safe to call twice."""
@@ -184,6 +225,10 @@ class VLLMSampler:
         engine = self._engine
         try:
             while True:
+                if self._deferred and not self._scoring_prompts():
+                    deferred, self._deferred = self._deferred, []
+                    for sub in deferred:
+                        self._admit(sub)
                 busy = engine.has_unfinished_requests()
                 try:  # idle: sleep until a request comes; busy: just look
                     first = self._inbox.get(block=not busy)
@@ -209,9 +254,10 @@ class VLLMSampler:
             logger.exception("vLLM engine of %s failed", self.host.spec.model_name)
             self._dead = f"{type(exc).__name__}: {exc}"
             failure = EngineError(f"the vLLM engine of {self.host.spec.model_name} stopped: {self._dead}")
-            for sub in self._pending.values():
+            for sub in [*self._pending.values(), *self._deferred]:
                 sub.future.set_exception(failure)
             self._pending.clear()
+            self._deferred.clear()
             while not self._inbox.empty():
                 sub = self._inbox.get_nowait()
                 if sub is not None and sub.params is not None:
@@ -223,6 +269,21 @@ class VLLMSampler:
         if sub.params is None:  # an abort of a request whose caller gave up
             if self._pending.pop(sub.request_id, None) is not None:
                 engine.abort_request([sub.request_id])
+            self._deferred = [d for d in self._deferred if d.request_id != sub.request_id]
+            return
+        # NOTE: vLLM 0.32 computes prompt logprobs through the lm_head LoRA with the
+        # per-request LoRA indices of the step (LogitsProcessorWithLoRA + punica's
+        # sampler_indices), so a prompt row can pick up another request's lm_head delta
+        # (up to 0.97 nats off). Adapters without lm_head have an all-zero lm_head slot:
+        # a prompt-scoring request therefore never shares the engine with a request whose
+        # adapter has one. It goes to the HF decoder if such a request is in the engine
+        # (or waiting); such a request waits while one scoring its prompt is in the engine.
+        if sub.scores_prompt and (any(p.lm_head for p in self._pending.values())
+                                  or any(d.lm_head for d in self._deferred)):
+            sub.future.set_exception(_ServeOnHF("prompt logprobs while an lm_head adapter is decoding"))
+            return
+        if sub.lm_head and self._scoring_prompts():
+            self._deferred.append(sub)
             return
         try:
             lora = self._load_adapter(sub.adapter_dir) if sub.adapter_dir is not None else None
@@ -235,6 +296,9 @@ class VLLMSampler:
             sub.future.set_exception(UserInputError(f"vLLM refused the request: {exc}"))
             return
         self._pending[sub.request_id] = sub
+
+    def _scoring_prompts(self) -> bool:
+        return any(p.scores_prompt for p in self._pending.values())
 
     def _load_adapter(self, directory: Path) -> LoRARequest:
         adapters = self._adapters

@@ -272,6 +272,7 @@ class EngineExecutor:
             if isinstance(result, Exception):
                 raise result
             outcome = handler.finish(op, context, result)
+            failpoint(op)
             self.hooks.persist(self.engine, op)
         except OutcomeRejected:
             raise

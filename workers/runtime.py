@@ -245,12 +245,50 @@ class WorkerRuntime:
             pass  # the reaper queues it
 
     def sample(self, request_id: str) -> None:
+        """Run this sample job's operation together with the other queued samples of its base model.
+
+        Samples of every tenant then decode in one engine call (vLLM submits them
+        all at once, the HF back end decodes them as one batch) instead of one job
+        after another. The others are claimed like any operation (pending to
+        running, in the database), so their own jobs find them taken and do
+        nothing; if this worker dies, the reaper queues each of them again.
+        """
         try:
             queues.connection().delete(self.backend.key("sample", request_id))
         except redis.RedisError:
             pass
+        batch = [request_id, *self._sample_companions(request_id)]
         with self.lock:
-            self.executor.execute(request_id)
+            if len(batch) > 1:
+                logger.debug("worker %s: one pass for %d samples", self.name, len(batch))
+                self.executor.execute_batch(batch)
+            else:
+                self.executor.execute(request_id)
+
+    def _sample_companions(self, request_id: str) -> list[str]:
+        """Other pending samples of ``request_id``'s base model to decode with it, fairly by tenant.
+
+        At most ``TUFT_SAMPLE_BATCH_MAX`` samples and ``TUFT_SAMPLE_BATCH_TOKENS``
+        (prompt + max new) tokens in all, picked round-robin by tenant
+        (``dispatch.scheduler``) as the embedded sampling lane does.
+        """
+        limit = int(getattr(settings, "TUFT_SAMPLE_BATCH_MAX", 4))
+        op = Operation.objects.select_related("sampling_session").filter(
+            pk=request_id, kind=Operation.Kind.SAMPLE, status=Operation.Status.PENDING).first()
+        if op is None or op.sampling_session is None or limit <= 1 or self.stopping:
+            return []
+        others = (
+            Operation.objects.select_related("sampling_session")
+            .filter(kind=Operation.Kind.SAMPLE, status=Operation.Status.PENDING,
+                    sampling_session__base_model=op.sampling_session.base_model)
+            .exclude(pk=request_id).order_by("created_at")[: 4 * limit]
+        )
+        scheduler = FairScheduler()
+        scheduler.add(scheduling_work(op, None))  # added first: it leads the batch
+        for other in others:
+            scheduler.add(scheduling_work(other, None))
+        batch = scheduler.next_batch(int(getattr(settings, "TUFT_SAMPLE_BATCH_TOKENS", 8192)), limit)
+        return [work.request_id for work in batch if work.request_id != request_id]
 
     def _hand_over(self, run_id: str) -> None:
         """Queue the run's remaining operations for another worker (this one is stopping)."""

@@ -124,3 +124,64 @@ def test_a_broken_adapter_fails_its_request_and_the_engine_serves_everyone_else(
     assert len(good.sample(prompt, 1, GREEDY).result(timeout=TIMEOUT).sequences[0].tokens) == 10
     base = client.create_sampling_client(base_model=MODEL_NAME)
     assert len(base.sample(prompt, 3, GREEDY).result(timeout=TIMEOUT).sequences) == 3
+
+
+def _trainer_logprobs(training: tinker.TrainingClient, tokens: list[int]) -> list[float]:
+    forward = training.forward([datum(tokens[:-1], tokens[1:])], "cross_entropy").result(timeout=TIMEOUT)
+    return forward.loss_fn_outputs[0]["logprobs"].tolist()
+
+
+def test_prompt_logprobs_of_adapters_without_lm_head_and_of_the_base_model_match_the_trainer(
+    vllm_server: LiveServer
+) -> None:
+    client = tinker.ServiceClient(base_url=vllm_server.url, api_key=vllm_server.keys["bob"])
+    full = PROMPT + TARGET
+    prompt = types.ModelInput.from_ints(full)
+    for train_unembed in (False, True):  # False: vLLM scores the prompt; True: the HF decoder does
+        training = client.create_lora_training_client(
+            base_model=MODEL_NAME, rank=8, seed=4, train_unembed=train_unembed).result(timeout=TIMEOUT)
+        _train(training, 2, 3e-2)
+        sampler = client.create_sampling_client(
+            model_path=training.save_weights_for_sampler(f"scored-{train_unembed}").result(timeout=TIMEOUT).path)
+        trainer = _trainer_logprobs(training, full)
+        scored = sampler.compute_logprobs(prompt).result(timeout=TIMEOUT)
+        assert scored[0] is None and max(abs(a - b) for a, b in zip(trainer, scored[1:])) < 1e-4
+        # The same through sample(): prompt logprobs, top-k prompt logprobs and the last-n cut.
+        out = sampler.sample(prompt, 1, types.SamplingParams(max_tokens=2, temperature=0.0, stop=[]),
+                             include_prompt_logprobs=True, topk_prompt_logprobs=3).result(timeout=TIMEOUT)
+        assert out.prompt_logprobs is not None and out.topk_prompt_logprobs is not None
+        assert max(abs(a - b) for a, b in zip(trainer, out.prompt_logprobs[1:])) < 1e-4
+        for position, row in enumerate(out.topk_prompt_logprobs[1:], start=1):
+            assert row is not None and len(row) == 3
+            values = [lp for _, lp in row]
+            assert values == sorted(values, reverse=True) and values[0] >= out.prompt_logprobs[position] - 1e-6
+        last = sampler.compute_logprobs(prompt, prompt_logprobs_last_n=2).result(timeout=TIMEOUT)
+        assert last[:-2] == [None] * (len(full) - 2) and last[-2:] == pytest.approx(scored[-2:], abs=1e-6)
+    # The base model: vLLM, compared with a LoRA whose weights are still zero (rank-B init).
+    fresh = client.create_lora_training_client(base_model=MODEL_NAME, rank=8, seed=5).result(timeout=TIMEOUT)
+    base = client.create_sampling_client(base_model=MODEL_NAME).compute_logprobs(prompt).result(timeout=TIMEOUT)
+    assert max(abs(a - b) for a, b in zip(_trainer_logprobs(fresh, full), base[1:])) < 1e-4
+    log = vllm_server.log()
+    assert log.count("requests with prompt logprobs with an lm_head adapter are served by the HF decoder") == 1
+
+
+def test_temperatures_above_two_sample_hotter_on_vllm_and_report_the_model_logprobs(
+    vllm_server: LiveServer
+) -> None:
+    client = tinker.ServiceClient(base_url=vllm_server.url, api_key=vllm_server.keys["alice"])
+    sampler = client.create_sampling_client(base_model=MODEL_NAME)
+    prompt = types.ModelInput.from_ints(PROMPT)
+    draws = {}
+    for temperature in (1.0, 2.0, 4.0):
+        params = types.SamplingParams(max_tokens=16, temperature=temperature, seed=9, stop=[])
+        draws[temperature] = sampler.sample(prompt, 8, params).result(timeout=TIMEOUT).sequences
+    mean = {t: sum(sum(s.logprobs) for s in seqs) / sum(len(s.logprobs) for s in seqs) for t, seqs in draws.items()}
+    # Hotter draws less likely tokens; 4 is really 4, not vLLM's limit of 2 (same seed, other tokens).
+    assert mean[4.0] < mean[2.0] < mean[1.0], mean
+    assert [list(s.tokens) for s in draws[4.0]] != [list(s.tokens) for s in draws[2.0]]
+    # The reported logprobs are the model's own (before temperature), as the trainer computes them.
+    fresh = client.create_lora_training_client(base_model=MODEL_NAME, rank=8, seed=5).result(timeout=TIMEOUT)
+    seq = draws[4.0][0]
+    trainer = _trainer_logprobs(fresh, PROMPT + list(seq.tokens))[len(PROMPT) - 1:]
+    assert max(abs(a - b) for a, b in zip(trainer, seq.logprobs)) < 1e-4
+    assert "temperature above" not in vllm_server.log()

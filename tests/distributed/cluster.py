@@ -110,12 +110,17 @@ class Cluster:
     api: subprocess.Popen | None = None
     workers: dict[str, subprocess.Popen] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
+    # vLLM's adapter slots, small as in tests/conftest.py; which sampler a worker uses
+    # comes from its TUFT_DEFAULT_SAMPLER (models.yaml names none).
+    vllm_limits: bool = False
 
     def __post_init__(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self.models_yaml = self.home / "models.yaml"
         text = (f"supported_models:\n  - model_name: {MODEL_NAME}\n    model_path: {self.model_dir}\n"
                 "    max_model_len: 256\n")
+        if self.vllm_limits:
+            text += "    max_loras: 4\n    max_cpu_loras: 8\n    max_lora_rank: 16\n"
         if self.persistence == "redis_url":
             text += f"persistence:\n  mode: redis_url\n  redis_url: {self.redis_url}\n  namespace: {self.namespace}\n"
         self.models_yaml.write_text(text)

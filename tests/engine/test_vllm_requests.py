@@ -8,8 +8,15 @@ from __future__ import annotations
 import pytest
 
 from engine.sample_checks import stop_sequences
-from engine.types import BaseModelSpec, SampleSpec
-from engine.vllm_requests import _cut_at_stop, engine_kwargs, needs_hf, sampling_kwargs
+from engine.types import BaseModelSpec, SampleResult, SampleSpec
+from engine.vllm_requests import (
+    EXTRA_TEMPERATURE_ARG,
+    _cut_at_stop,
+    _with_prompt_scores,
+    engine_kwargs,
+    needs_hf,
+    sampling_kwargs,
+)
 
 PROMPT = [5, 6, 7]
 
@@ -38,16 +45,42 @@ def test_multi_token_stop_sequences_are_cut_after_their_last_token() -> None:
 
 
 @pytest.mark.parametrize("spec, reason", [
-    (SampleSpec(prompt=PROMPT, prompt_logprobs=True), "prompt scoring"),
-    (SampleSpec(prompt=PROMPT, topk_prompt_logprobs=2), "prompt scoring"),
-    (SampleSpec(prompt=PROMPT, target_prompt_ids=[[1], [2]]), "prompt scoring"),
+    (SampleSpec(prompt=PROMPT, target_prompt_ids=[[1], [2]]), "target_prompt_logprobs"),
     (SampleSpec(prompt=PROMPT, prompt_alt_tokens_k=2), "prompt_alt_tokens"),
-    (SampleSpec(prompt=PROMPT, temperature=2.5), "temperature"),
+    # vLLM serves these (prompt logprobs: unless an lm_head adapter is involved, engine.vllm_sampling).
+    (SampleSpec(prompt=PROMPT, prompt_logprobs=True), None),
+    (SampleSpec(prompt=PROMPT, topk_prompt_logprobs=2), None),
+    (SampleSpec(prompt=PROMPT, temperature=2.5), None),
     (SampleSpec(prompt=PROMPT, temperature=2.0, topk_sample_logprobs=3, num_samples=2), None),
 ])
 def test_what_the_hf_decoder_serves_instead(spec: SampleSpec, reason: str | None) -> None:
     got = needs_hf(spec)
     assert (got is None) if reason is None else (got is not None and reason in got)
+
+
+def test_hotter_than_two_is_sent_at_two_with_the_rest_for_the_logits_processor() -> None:
+    hot = sampling_kwargs(SampleSpec(prompt=PROMPT, temperature=5.0), 4, [])
+    assert hot["temperature"] == 2.0 and hot["extra_args"] == {EXTRA_TEMPERATURE_ARG: 2.5}
+    assert sampling_kwargs(SampleSpec(prompt=PROMPT, temperature=2.0), 4, [])["extra_args"] is None
+    assert engine_kwargs(BaseModelSpec("m", "/m", 256), on_gpu=False)["logits_processors"] == [
+        "engine.vllm_logits:ExtraTemperature"]
+
+
+def test_prompt_scores_are_reported_like_the_hf_back_end() -> None:
+    class Lp:  # vllm.logprobs.Logprob
+        def __init__(self, logprob: float, rank: int) -> None:
+            self.logprob, self.rank = logprob, rank
+
+    rows = [None, {6: Lp(-0.5, 1), 9: Lp(-1.5, 2)}, {3: Lp(-0.1, 1), 7: Lp(-4.0, 5)}]
+    spec = SampleSpec(prompt=PROMPT, prompt_logprobs=True, topk_prompt_logprobs=1)
+    assert sampling_kwargs(spec, 1, [])["prompt_logprobs"] == 1
+    got = _with_prompt_scores(SampleResult(sequences=[]), rows, spec)
+    assert got.prompt_logprobs == [None, -0.5, -4.0]
+    assert got.topk_prompt_logprobs == [None, [(6, -0.5)], [(3, -0.1)]]
+    last = _with_prompt_scores(SampleResult(sequences=[]), rows,
+                               SampleSpec(prompt=PROMPT, prompt_logprobs=True, prompt_logprobs_last_n=1))
+    assert last.prompt_logprobs == [None, None, -4.0]
+    assert sampling_kwargs(SampleSpec(prompt=PROMPT), 1, [])["prompt_logprobs"] is None
 
 
 def test_engine_arguments_come_from_models_yaml() -> None:
