@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import MODEL_NAME, ROOT, free_port
+from tests.manage_shell import ManageShell
 
 # Short leases so that a killed worker's work is taken over within seconds, but not
 # so short that a live worker on a loaded 2-core machine misses its renewals (every
@@ -110,6 +111,7 @@ class Cluster:
     api: subprocess.Popen | None = None
     workers: dict[str, subprocess.Popen] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
+    shell: ManageShell | None = None
 
     def __post_init__(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -208,6 +210,9 @@ class Cluster:
         raise AssertionError(f"no worker with pid {pid}")
 
     def stop(self) -> None:
+        if self.shell is not None:
+            self.shell.close()
+            self.shell = None
         for process in [self.api, *self.workers.values()]:
             if process is not None and process.poll() is None:
                 process.terminate()
@@ -249,6 +254,15 @@ class Cluster:
     # -- management commands and logs ---------------------------------------------
 
     def manage(self, *args: str, env: dict[str, str] | None = None) -> str:
+        """Run a management command: in the deployment's long-lived ``manage.py`` process
+        (tests/manage_shell.py), or in a process of its own when ``env`` adds variables."""
+        if env is None:
+            if self.shell is None:
+                self.shell = ManageShell(ROOT, self.env(), self.home / "manage-shell.log")
+            ok, output = self.shell.run(args, self.env(), timeout=120)
+            if not ok:
+                raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{output}")
+            return output
         out = subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], env=self.env(env), cwd=ROOT,
                              capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
