@@ -166,16 +166,17 @@ def start_server(home: Path, model_config: Path, extra_env: dict[str, str] | Non
         server.shell = ManageShell(ROOT, env, home / "manage-shell.log")
         server.shell.start()
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            server.stop()  # its manage.py process
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.url}/api/v1/healthz", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
+    with httpx.Client(timeout=2) as http:  # one client: httpx.get() builds one (~40 ms of CPU) per poll
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                server.stop()  # its manage.py process
+                raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+            try:
+                if http.get(f"{server.url}/api/v1/healthz").status_code == 200:
+                    return server
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
     server.stop()
     raise RuntimeError(f"server did not come up in 90 s:\n{server.log()}")
 
