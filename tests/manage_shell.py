@@ -9,7 +9,7 @@ line. The database connections are closed after every command, as a process of
 its own would on exit.
 
 Protocol: one JSON list of arguments per line on stdin; one line
-``RESULT_MARK + JSON {"ok", "output"}`` per command on stdout (other lines there,
+``RESULT_MARK + JSON {"ok", "stdout", "stderr"}`` per command on stdout (other lines there,
 say from a logging handler, are not ours and are skipped).
 """
 
@@ -36,19 +36,20 @@ def serve() -> None:
     real_stdout = sys.stdout
     for line in sys.stdin:
         args = json.loads(line)
-        output = io.StringIO()
+        output, errors = io.StringIO(), io.StringIO()
         ok = True
         try:
-            with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
-                call_command(*args, stdout=output, stderr=output)
+            with contextlib.redirect_stdout(output), contextlib.redirect_stderr(errors):
+                call_command(*args, stdout=output, stderr=errors)
         except SystemExit as exc:  # what the command's process would exit with
             ok = exc.code in (None, 0)
-        except BaseException:  # noqa: BLE001 - CommandError, SystemExit...: the caller sees the traceback
+        except BaseException:  # noqa: BLE001 - CommandError...: the caller sees the traceback
             ok = False
-            output.write(traceback.format_exc())
+            errors.write(traceback.format_exc())
         finally:
             connections.close_all()
-        real_stdout.write(RESULT_MARK + json.dumps({"ok": ok, "output": output.getvalue()}) + "\n")
+        result = {"ok": ok, "stdout": output.getvalue(), "stderr": errors.getvalue()}
+        real_stdout.write(RESULT_MARK + json.dumps(result) + "\n")
         real_stdout.flush()
 
 
@@ -61,8 +62,11 @@ class ManageShell:
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.lock = threading.Lock()
 
-    def run(self, args: tuple[str, ...], env: dict[str, str], timeout: float) -> tuple[bool, str]:
-        """Run one command with ``env`` (the process restarts if the environment changed since it started)."""
+    def run(self, args: tuple[str, ...], env: dict[str, str], timeout: float) -> str:
+        """Run one command with ``env``; return its standard output, or raise with its errors.
+
+        The process restarts first if ``env`` changed since it started.
+        """
         with self.lock:
             if env != self.env:
                 self.close()
@@ -85,7 +89,9 @@ class ManageShell:
                                        f"(log: {self.log_path}):\n{self.log_path.read_text(errors='replace')[-3000:]}")
                 if line.startswith(RESULT_MARK):
                     result = json.loads(line[len(RESULT_MARK):])
-                    return bool(result["ok"]), str(result["output"])
+                    if not result["ok"]:
+                        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result['stdout']}\n{result['stderr']}")
+                    return str(result["stdout"])
 
     def start(self) -> None:
         """Start the process unless it runs (it takes seconds: start it early, alongside the server)."""

@@ -260,10 +260,7 @@ class Cluster:
         if env is None:
             if self.shell is None:
                 self.shell = ManageShell(ROOT, self.env(), self.home / "manage-shell.log")
-            ok, output = self.shell.run(args, self.env(), timeout=120)
-            if not ok:
-                raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{output}")
-            return output
+            return self.shell.run(args, self.env(), timeout=120)
         out = subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], env=self.env(env), cwd=ROOT,
                              capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
