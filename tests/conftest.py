@@ -20,6 +20,8 @@ from typing import Iterator
 import httpx
 import pytest
 
+from tests.manage_shell import ManageShell
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "tuft/tiny-qwen3"
 # The SDK's background telemetry is noise in tests.
@@ -53,15 +55,13 @@ class LiveServer:
     process: subprocess.Popen
     log_path: Path
     keys: dict[str, str] = field(default_factory=dict)
+    shell: ManageShell | None = None
 
     def manage(self, *args: str) -> str:
-        out = subprocess.run(
-            [sys.executable, str(ROOT / "manage.py"), *args], env=self.env, cwd=ROOT,
-            capture_output=True, text=True, timeout=120,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
-        return out.stdout
+        """Run a management command in this server's long-lived ``manage.py`` process; return its output."""
+        if self.shell is None:
+            self.shell = ManageShell(ROOT, self.env, self.home / "manage-shell.log")
+        return self.shell.run(args, self.env, timeout=120)
 
     def create_tenant(self, name: str) -> str:
         """Create a tenant with the management command; return its API key (last output line)."""
@@ -73,6 +73,8 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
+        if self.shell is not None:
+            self.shell.close()
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -128,9 +130,16 @@ def fresh_database_url(base: str | None = None) -> str | None:
     return urlunsplit(parts._replace(path="/" + name))
 
 
+START_TIMEOUT_S = 300
+
+
 def start_server(home: Path, model_config: Path, extra_env: dict[str, str] | None = None,
-                 port: int | None = None) -> LiveServer:
-    """Start ``tuft``; pass ``port`` (and the first start's DATABASE_URL) to restart the same server."""
+                 port: int | None = None, manage: bool = True) -> LiveServer:
+    """Start ``tuft``; pass ``port`` (and the first start's DATABASE_URL) to restart the same server.
+
+    ``manage``: the test will run management commands (create tenants...), so start
+    the ``manage.py`` process for them now, alongside the server (two cores do both at once).
+    """
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     env = {
@@ -153,18 +162,24 @@ def start_server(home: Path, model_config: Path, extra_env: dict[str, str] | Non
         env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
     )
     server = LiveServer(url=f"http://127.0.0.1:{port}", home=home, env=env, process=process, log_path=log_path)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.url}/api/v1/healthz", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
+    if manage:
+        server.shell = ManageShell(ROOT, env, home / "manage-shell.log")
+        server.shell.start()
+    # Seconds on a quiet machine; generous for one shared by several test runs.
+    deadline = time.monotonic() + START_TIMEOUT_S
+    with httpx.Client(timeout=2) as http:  # one client: httpx.get() builds one (~40 ms of CPU) per poll
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                server.stop()  # its manage.py process
+                raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+            try:
+                if http.get(f"{server.url}/api/v1/healthz").status_code == 200:
+                    return server
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
     server.stop()
-    raise RuntimeError(f"server did not come up in 90 s:\n{server.log()}")
+    raise RuntimeError(f"server did not come up in {START_TIMEOUT_S} s:\n{server.log()}")
 
 
 @pytest.fixture(scope="session")

@@ -36,17 +36,23 @@ def proto_forward_backward(model_id: str, seq_id: int, data: list[types.Datum], 
     return msg.SerializeToString()
 
 
+# One client for the helpers' requests: httpx.post() builds a client, and with it a TLS
+# context (about 40 ms of CPU), for every request. No keep-alive, so each request still
+# opens a connection of its own, as before (servers come and go between tests).
+HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+
+
 def post(server: LiveServer, path: str, key: str, body: Any = None, content: bytes | None = None,
          content_type: str = "application/json", timeout: float = 60) -> httpx.Response:
     headers = {"X-API-Key": key, "Content-Type": content_type}
     if content is not None:
-        return httpx.post(f"{server.url}/api/v1/{path}", content=content, headers=headers, timeout=timeout)
-    return httpx.post(f"{server.url}/api/v1/{path}", json=body if body is not None else {}, headers=headers,
-                      timeout=timeout)
+        return HTTP.post(f"{server.url}/api/v1/{path}", content=content, headers=headers, timeout=timeout)
+    return HTTP.post(f"{server.url}/api/v1/{path}", json=body if body is not None else {}, headers=headers,
+                     timeout=timeout)
 
 
 def get(server: LiveServer, path: str, key: str) -> httpx.Response:
-    return httpx.get(f"{server.url}/api/v1/{path}", headers={"X-API-Key": key}, timeout=30)
+    return HTTP.get(f"{server.url}/api/v1/{path}", headers={"X-API-Key": key}, timeout=30)
 
 
 def wait_future(server: LiveServer, key: str, request_id: str, timeout: float = 60) -> httpx.Response:

@@ -29,6 +29,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 from tinker import types
 
+from tests.api.helpers import HTTP
 from tests.conftest import MODEL_NAME, LiveServer, start_server, write_models_yaml
 
 TIMEOUT = 120
@@ -295,7 +296,7 @@ def short_timers(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path)
 
 
 def _raw(srv: LiveServer, path: str, body: dict) -> httpx.Response:
-    return httpx.post(f"{srv.url}/api/v1/{path}", json=body, headers={"X-API-Key": srv.keys["erin"]}, timeout=60)
+    return HTTP.post(f"{srv.url}/api/v1/{path}", json=body, headers={"X-API-Key": srv.keys["erin"]}, timeout=60)
 
 
 def _raw_result(srv: LiveServer, request_id: str) -> dict:

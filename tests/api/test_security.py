@@ -188,7 +188,7 @@ def own_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
     config = home / "models.yaml"
     config.write_text(f"supported_models:\n  - model_name: {MODEL_NAME}\n    model_path: {tiny_model_dir}\n"
                       "    max_model_len: 256\n")
-    srv = start_server(home, config)
+    srv = start_server(home, config, manage=False)
     try:
         yield srv
     finally:

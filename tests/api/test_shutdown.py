@@ -138,7 +138,8 @@ def test_an_operation_still_running_at_the_timeout_fails_clearly(tmp_path: Path,
 
 @pytest.mark.parametrize("signum", [signal.SIGINT])
 def test_an_idle_server_stops_at_once_on_sigint(tmp_path: Path, tiny_model_dir: Path, signum: int) -> None:
-    server = start_server(tmp_path / "home", write_models_yaml(tmp_path / "models.yaml", tiny_model_dir))
+    server = start_server(tmp_path / "home", write_models_yaml(tmp_path / "models.yaml", tiny_model_dir),
+                          manage=False)
     try:
         server.process.send_signal(signum)
         code = server.process.wait(timeout=60)

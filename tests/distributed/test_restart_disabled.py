@@ -39,8 +39,10 @@ def test_restart_fails_unfinished_futures_and_keeps_checkpoints(
 
         server.process.send_signal(signal.SIGKILL)
         server.process.wait(timeout=30)
+        server.stop()  # its manage.py process
         same_db = {"DATABASE_URL": server.env["DATABASE_URL"]} if "DATABASE_URL" in server.env else None
-        server = start_server(server.home, config, extra_env=same_db, port=int(server.url.rsplit(":", 1)[1]))
+        server = start_server(server.home, config, extra_env=same_db, port=int(server.url.rsplit(":", 1)[1]),
+                              manage=False)
 
         r = httpx.post(f"{server.url}/api/v1/retrieve_future", json={"request_id": waiting["request_id"]},
                        headers=headers, timeout=60)
