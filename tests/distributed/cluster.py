@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import MODEL_NAME, ROOT, free_port
+from tests.conftest import MODEL_NAME, ROOT, START_TIMEOUT_S, free_port
 from tests.manage_shell import ManageShell
 
 # Short leases so that a killed worker's work is taken over within seconds, but not
@@ -159,7 +159,7 @@ class Cluster:
              "--model-config", str(self.models_yaml), "--no-dev-key"],
             env=self.env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + START_TIMEOUT_S
         with httpx.Client(timeout=10) as http:  # one client: httpx.get() builds one (~40 ms of CPU) per poll
             while time.monotonic() < deadline:
                 if self.api.poll() is not None:
