@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Callable
 
 import redis
 from django.conf import settings
@@ -31,9 +32,10 @@ from django.utils import timezone
 from rq.timeouts import BaseDeathPenalty
 from rq.worker import SimpleWorker
 
-from dispatch.scheduler import FairScheduler
+from dispatch.scheduler import FairScheduler, Work
 from training_app import queues
 from training_app.actions import scheduling_work
+from training_app.dispatch import LaneLimits
 from training_app.handoff import (
     MAX_ATTEMPTS,
     WORKER_DIED,
@@ -68,6 +70,84 @@ def default_worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+class SampleLane:
+    """Sample requests this worker took, decoded on a thread of their own.
+
+    Why (found by ``bench/bench_isolation.py --mode redis``): an RQ worker runs one
+    job at a time, and a sample job used to decode to its end, so one tenant's
+    maximal samples (minutes each on a CPU) held every other tenant's training
+    drain behind them. Now a sample job only hands its request to this lane and
+    returns; the lane decodes on its thread, taking the model lock per decode
+    step (engine.sampling) as the embedded sampling lane does, and the job loop
+    keeps running training drains in between. Requests are picked round-robin by
+    tenant and batched under the ``TUFT_SAMPLE_BATCH_*`` limits (``FairScheduler``).
+
+    Nothing is lost with the process: a queued request is still PENDING in the
+    database and keeps its queue marker until the lane starts it, so the reaper
+    queues it again once the marker expires; the claim (PENDING -> RUNNING) is
+    atomic, so a request queued twice runs once.
+    """
+
+    def __init__(self, executor: EngineExecutor, delete_marker: Callable[[str], None]) -> None:
+        self._executor = executor
+        self._delete_marker = delete_marker
+        self._limits = LaneLimits.from_settings()
+        self._scheduler = FairScheduler()
+        self._queued: set[str] = set()  # request ids in the scheduler (a re-queued job adds nothing)
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._drain_on_stop = False
+        self._thread = threading.Thread(target=self._serve, name="tuft-worker-sample", daemon=True)
+        self._thread.start()
+
+    def submit(self, work: Work) -> None:
+        with self._cond:
+            if work.request_id in self._queued or self._stopping:
+                return  # already waiting here; or stopping (the reaper queues it for another worker)
+            self._queued.add(work.request_id)
+            self._scheduler.add(work)
+            self._cond.notify_all()
+
+    def depth(self) -> int:
+        with self._cond:
+            return len(self._scheduler)
+
+    def stop(self, timeout_s: float, drain: bool) -> list[str]:
+        """Finish the batch being decoded (``drain``: and every queued one); returns the unstarted ids."""
+        with self._cond:
+            self._stopping, self._drain_on_stop = True, drain
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+        with self._cond:
+            left = sorted(self._queued)
+            self._queued.clear()
+            self._scheduler = FairScheduler()
+            return left
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                while not len(self._scheduler) and not self._stopping:
+                    self._cond.wait()
+                if not len(self._scheduler) or (self._stopping and not self._drain_on_stop):
+                    return
+                batch = self._scheduler.next_batch(self._limits.sample_batch_tokens, self._limits.sample_batch_max)
+                for work in batch:
+                    self._queued.discard(work.request_id)
+            ids = [w.request_id for w in batch]
+            try:
+                for request_id in ids:
+                    self._delete_marker(request_id)
+                if len(ids) == 1:
+                    self._executor.execute(ids[0])
+                else:
+                    self._executor.execute_batch(ids)
+            except Exception:  # the executor records outcomes itself; the lane must never die
+                logger.exception("sample lane: unexpected error; it keeps serving")
+            finally:
+                db_connection.close()
+
+
 class WorkerRuntime:
     """The process's engine and run bookkeeping; jobs call ``drain`` and ``sample``.
 
@@ -94,6 +174,7 @@ class WorkerRuntime:
         # What the liveness key holds: tells this process from an earlier one of the same name.
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.shutdown_started: float | None = None  # monotonic time of the first SIGTERM/SIGINT
+        self.samples: SampleLane | None = None  # started with the runtime (start())
 
     # -- start-up ---------------------------------------------------------
 
@@ -109,11 +190,24 @@ class WorkerRuntime:
         for name in engine.specs:
             engine.host(name)
         close_old_connections()
+        self.samples = SampleLane(self.executor, self._delete_sample_marker)
         threading.Thread(target=self._maintain, name="tuft-worker-maintenance", daemon=True).start()
         logger.info("worker %s ready: models %s resident", self.name, ", ".join(engine.specs))
 
-    def stop(self) -> None:
-        """After a graceful shutdown: stop maintenance and stop attracting jobs to this worker's queue."""
+    def stop(self, drain_samples: bool = False) -> None:
+        """After a graceful shutdown: stop maintenance and stop attracting jobs to this worker's queue.
+
+        The sample being decoded finishes (within ``TUFT_SHUTDOWN_TIMEOUT_S``);
+        queued samples are handed to other workers, or with ``drain_samples``
+        (``--burst``) decoded here first.
+        """
+        if self.samples is not None:
+            timeout = float(settings.TUFT_SHUTDOWN_TIMEOUT_S)
+            for request_id in self.samples.stop(3600 if drain_samples else timeout, drain_samples):
+                try:
+                    queues.enqueue_sample(request_id, force=True)
+                except redis.RedisError:
+                    pass  # the reaper queues it
         self._stop.set()
         try:
             queues.connection().delete(self.backend.key("alive", self.name))
@@ -264,12 +358,22 @@ class WorkerRuntime:
             pass  # the reaper queues it
 
     def sample(self, request_id: str) -> None:
+        """Hand the request to the sample lane (decoded beside training, see ``SampleLane``)."""
+        assert self.samples is not None, "start() first"
+        try:
+            op = Operation.objects.select_related("sampling_session").get(pk=request_id)
+            work = scheduling_work(op, None)
+        except Operation.DoesNotExist:
+            work = Work(request_id, tenant="")  # the executor logs that it vanished
+        finally:
+            close_old_connections()
+        self.samples.submit(work)
+
+    def _delete_sample_marker(self, request_id: str) -> None:
         try:
             queues.connection().delete(self.backend.key("sample", request_id))
         except redis.RedisError:
             pass
-        with self.lock:
-            self.executor.execute(request_id)
 
     def _hand_over(self, run_id: str) -> None:
         """Queue the run's remaining operations for another worker (this one is stopping)."""
