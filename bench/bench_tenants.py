@@ -1,7 +1,7 @@
 """Concurrent tenants through one worker: embedded vs Redis (RQ) dispatch.
 
     python bench/bench_tenants.py [--tenants 1 4 8] [--steps 6] [--batch 4] [--seq 64] [--size small]
-                                  [--modes embedded unbatched redis]
+                                  [--modes embedded unbatched redis] [--rounds 2]
 
 For each mode it starts real processes: embedded = one `tuft` server (worker
 threads inside; the scheduler batches ready forward_backwards of several runs
@@ -18,8 +18,10 @@ SQLite). Then:
 * latency: one tenant, sequential small operations (a 1x8-token ``forward``,
   and an ``optim_step``), median (and max) time from submission to result.
 
-Prints both modes side by side with their ratios (measured in one run: these
-machines are noisy, compare within a run only).
+Every mode's processes run side by side and the measurements alternate between
+them (mode A, mode B, ... for each N, ``--rounds`` times; medians): load from
+other work hits every mode alike. Prints the modes side by side with their
+ratios (measured in one run: these machines are noisy, compare within a run only).
 """
 
 from __future__ import annotations
@@ -110,39 +112,27 @@ def latency(url: str, key: str, repeats: int) -> dict[str, float]:
     return result
 
 
-def run_mode(mode: str, home: Path, model_dir: Path, tenants: list[int], data: list, steps: int,
-             repeats: int) -> dict[str, object]:
+def start_mode(mode: str, home: Path, model_dir: Path, n_keys: int, database_url: str | None):
+    """Start one mode's processes; returns (url, tenant keys, stop)."""
     from tests.conftest import start_server, write_models_yaml
-    from tests.distributed.cluster import Cluster, postgres_database
+    from tests.distributed.cluster import Cluster
 
-    n_keys = max(tenants)
-    database_url = postgres_database()  # the same kind of database for both modes
     if mode in ("embedded", "unbatched"):
         env = {"DATABASE_URL": database_url} if database_url else {}
         if mode == "unbatched":
             env["TUFT_TRAIN_BATCH_MAX"] = "1"
         server = start_server(home / mode, write_models_yaml(home / "models.yaml", model_dir, 4096),
                               extra_env=env or None)
-        url, stop = server.url, server.stop
-        keys = [server.create_tenant(f"t{i}") for i in range(n_keys)]
-    else:
-        cluster = Cluster(home=home / "redis", model_dir=model_dir, redis_url="redis://127.0.0.1:6379/10",
-                          database_url=database_url, extra_env={"TUFT_LONG_POLL_S": "25"})
-        cluster.models_yaml.write_text(cluster.models_yaml.read_text().replace("max_model_len: 256",
-                                                                               "max_model_len: 4096"))
-        cluster.start_api()
-        cluster.start_worker("bench")
-        keys = [cluster.create_tenant(f"t{i}") for i in range(n_keys)]
-        cluster.wait_workers("bench")
-        url, stop = cluster.url, cluster.stop
-    try:
-        figures: dict[str, object] = {"latency": latency(url, keys[0], repeats)}
-        for n in tenants:
-            figures[f"tput{n}"] = throughput(url, keys[:n], data, steps)
-        figures["database"] = "postgresql" if database_url else "sqlite"
-        return figures
-    finally:
-        stop()
+        return server.url, [server.create_tenant(f"t{i}") for i in range(n_keys)], server.stop
+    cluster = Cluster(home=home / "redis", model_dir=model_dir, redis_url="redis://127.0.0.1:6379/10",
+                      database_url=database_url, extra_env={"TUFT_LONG_POLL_S": "25"})
+    cluster.models_yaml.write_text(cluster.models_yaml.read_text().replace("max_model_len: 256",
+                                                                           "max_model_len: 4096"))
+    cluster.start_api()
+    cluster.start_worker("bench")
+    keys = [cluster.create_tenant(f"t{i}") for i in range(n_keys)]
+    cluster.wait_workers("bench")
+    return cluster.url, keys, cluster.stop
 
 
 def main() -> None:
@@ -155,10 +145,11 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--size", default="small", help="built-in model size (tiny | small)")
     p.add_argument("--repeats", type=int, default=20, help="sequential operations per latency figure")
+    p.add_argument("--rounds", type=int, default=2, help="alternating throughput measurements per mode (median)")
     args = p.parse_args()
 
     from engine.tiny_model import SIZES, build_tiny_model
-    from tests.distributed.cluster import redis_reachable
+    from tests.distributed.cluster import postgres_database, redis_reachable
 
     if not redis_reachable("redis://127.0.0.1:6379/10"):
         sys.exit("Redis is not running at 127.0.0.1:6379 (start it with: bash .ci/services.sh)")
@@ -167,12 +158,34 @@ def main() -> None:
         home = Path(tmp)
         model_dir = build_tiny_model(home / "model", SIZES[args.size])
         data = make_data(args.batch, args.seq, SIZES[args.size].vocab_size, seed=0)
-        figures = {}
+        figures: dict[str, dict] = {}
+        # Every mode's processes run side by side (each on its own database), and the
+        # measurements alternate between them (A, B, A, B, ...): load from other work
+        # on the machine then hits every mode alike, and the ratios are fair.
+        started = {}
+        try:
+            for mode in args.modes:
+                database_url = postgres_database()  # the same kind of database for every mode
+                started[mode] = start_mode(mode, home, model_dir, max(args.tenants), database_url)
+                figures[mode] = {"database": "postgresql" if database_url else "sqlite",
+                                 **{f"tput{n}": [] for n in args.tenants}}
+            for mode in args.modes:
+                url, keys, _ = started[mode]
+                figures[mode]["latency"] = latency(url, keys[0], args.repeats)
+            for r in range(args.rounds):
+                for n in args.tenants:
+                    for mode in args.modes:
+                        url, keys, _ = started[mode]
+                        figures[mode][f"tput{n}"].append(throughput(url, keys[:n], data, args.steps))
+                print(f"round {r + 1}: " + "; ".join(
+                    f"{mode} " + ", ".join(f"{n}t {figures[mode][f'tput{n}'][-1]:.2f}" for n in args.tenants)
+                    for mode in args.modes) + " steps/s", flush=True)
+        finally:
+            for _, _, stop in started.values():
+                stop()
         for mode in args.modes:
-            figures[mode] = run_mode(mode, home, model_dir, args.tenants, data, args.steps, args.repeats)
-            # As each mode ends: on a busy machine a long run may be cut short.
-            print(f"{mode}: " + ", ".join(f"{n} tenants {figures[mode][f'tput{n}']:.2f} steps/s"
-                                          for n in args.tenants), flush=True)
+            for n in args.tenants:
+                figures[mode][f"tput{n}"] = statistics.median(figures[mode][f"tput{n}"])
 
     ref = args.modes[0]
     print(f"model {args.size}; batch {args.batch}x{args.seq}; {args.steps} timed steps per tenant; one worker; "

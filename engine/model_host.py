@@ -111,6 +111,13 @@ class ModelHost:
             if self.has_adapter(name):
                 assert self.peft is not None
                 self.peft.delete_adapter(name)
+                if not self.peft.peft_config:
+                    # peft keeps the deleted adapter as the active one when it was the
+                    # last: every later forward (a sample of the base model on another
+                    # lane) then fails with KeyError. Without adapters, go back to the
+                    # plain base model; the next add_adapter wraps it again.
+                    self.base = self.peft.unload()
+                    self.peft = None
 
     @contextmanager
     def use(self, adapter: str | None) -> Iterator[torch.nn.Module]:

@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Callable
 
 import redis
 from django.conf import settings
@@ -24,8 +25,9 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from dispatch import queues
+from dispatch.embedded import LaneLimits
 from dispatch.ordering import next_in_order
-from dispatch.scheduler import FairScheduler
+from dispatch.scheduler import FairScheduler, Work
 from training_app.actions import scheduling_work
 from workers.handoff import (
     MAX_ATTEMPTS,
@@ -49,6 +51,91 @@ logger = logging.getLogger(__name__)
 
 def default_worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class SampleLane:
+    """Sample requests this worker took, decoded on a thread of their own.
+
+    Why (found by ``bench/bench_isolation.py --mode redis``): an RQ worker runs one
+    job at a time, and a sample job used to decode to its end, so one tenant's
+    maximal samples (minutes each on a CPU) held every other tenant's training
+    drain behind them. Now a sample job only hands its request to this lane and
+    returns; the lane decodes on its thread, taking the model lock per decode
+    step (engine.sampling) as the embedded sampling lane does, and the job loop
+    keeps running training drains in between. Requests are picked round-robin by
+    tenant and batched under the ``TUFT_SAMPLE_BATCH_*`` limits (``FairScheduler``).
+
+    Nothing is lost with the process: a queued request is still PENDING in the
+    database and keeps its queue marker until the lane starts it, so the reaper
+    queues it again once the marker expires; the claim (PENDING -> RUNNING) is
+    atomic, so a request queued twice runs once.
+    """
+
+    def __init__(self, executor: EngineExecutor, delete_marker: Callable[[str], None],
+                 companions: Callable[[list[str]], list[str]] = lambda ids: []) -> None:
+        self._executor = executor
+        self._delete_marker = delete_marker
+        # More pending samples to decode with a batch, claimed from the database
+        # (WorkerRuntime._sample_companions): their jobs may still wait in Redis.
+        self._companions = companions
+        self._limits = LaneLimits.from_settings()
+        self._scheduler = FairScheduler()
+        self._queued: set[str] = set()  # request ids in the scheduler (a re-queued job adds nothing)
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._drain_on_stop = False
+        self._thread = threading.Thread(target=self._serve, name="tuft-worker-sample", daemon=True)
+        self._thread.start()
+
+    def submit(self, work: Work) -> None:
+        with self._cond:
+            if work.request_id in self._queued or self._stopping:
+                return  # already waiting here; or stopping (the reaper queues it for another worker)
+            self._queued.add(work.request_id)
+            self._scheduler.add(work)
+            self._cond.notify_all()
+
+    def depth(self) -> int:
+        with self._cond:
+            return len(self._scheduler)
+
+    def stop(self, timeout_s: float, drain: bool) -> list[str]:
+        """Finish the batch being decoded (``drain``: and every queued one); returns the unstarted ids."""
+        with self._cond:
+            self._stopping, self._drain_on_stop = True, drain
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+        with self._cond:
+            left = sorted(self._queued)
+            self._queued.clear()
+            self._scheduler = FairScheduler()
+            return left
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                while not len(self._scheduler) and not self._stopping:
+                    self._cond.wait()
+                if not len(self._scheduler) or (self._stopping and not self._drain_on_stop):
+                    return
+                batch = self._scheduler.next_batch(self._limits.sample_batch_tokens, self._limits.sample_batch_max)
+                for work in batch:
+                    self._queued.discard(work.request_id)
+            ids = [w.request_id for w in batch]
+            try:
+                ids += self._companions(ids)
+                for request_id in ids:
+                    self._delete_marker(request_id)
+                if len(ids) > 1:
+                    logger.debug("sample lane: one pass for %d samples", len(ids))
+                if len(ids) == 1:
+                    self._executor.execute(ids[0])
+                else:
+                    self._executor.execute_batch(ids)
+            except Exception:  # the executor records outcomes itself; the lane must never die
+                logger.exception("sample lane: unexpected error; it keeps serving")
+            finally:
+                db_connection.close()
 
 
 class WorkerRuntime:
@@ -77,6 +164,7 @@ class WorkerRuntime:
         # What the liveness key holds: tells this process from an earlier one of the same name.
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.shutdown_started: float | None = None  # monotonic time of the first SIGTERM/SIGINT
+        self.samples: SampleLane | None = None  # started with the runtime (start())
 
     # -- start-up ---------------------------------------------------------
 
@@ -90,11 +178,24 @@ class WorkerRuntime:
         for name in engine.specs:
             engine.host(name)
         close_old_connections()
+        self.samples = SampleLane(self.executor, self._delete_sample_marker, self._sample_companions)
         threading.Thread(target=self._maintain, name="tuft-worker-maintenance", daemon=True).start()
         logger.info("worker %s ready: models %s resident", self.name, ", ".join(engine.specs))
 
-    def stop(self) -> None:
-        """After a graceful shutdown: stop maintenance and stop attracting jobs to this worker's queue."""
+    def stop(self, drain_samples: bool = False) -> None:
+        """After a graceful shutdown: stop maintenance and stop attracting jobs to this worker's queue.
+
+        The sample being decoded finishes (within ``TUFT_SHUTDOWN_TIMEOUT_S``);
+        queued samples are handed to other workers, or with ``drain_samples``
+        (``--burst``) decoded here first.
+        """
+        if self.samples is not None:
+            timeout = float(settings.TUFT_SHUTDOWN_TIMEOUT_S)
+            for request_id in self.samples.stop(3600 if drain_samples else timeout, drain_samples):
+                try:
+                    queues.enqueue_sample(request_id, force=True)
+                except redis.RedisError:
+                    pass  # the reaper queues it
         self._stop.set()
         try:
             queues.connection().delete(self.backend.key("alive", self.name))
@@ -245,50 +346,55 @@ class WorkerRuntime:
             pass  # the reaper queues it
 
     def sample(self, request_id: str) -> None:
-        """Run this sample job's operation together with the other queued samples of its base model.
+        """Hand the request to the sample lane (decoded beside training, see ``SampleLane``)."""
+        assert self.samples is not None, "start() first"
+        try:
+            op = Operation.objects.select_related("sampling_session").get(pk=request_id)
+            work = scheduling_work(op, None)
+        except Operation.DoesNotExist:
+            work = Work(request_id, tenant="")  # the executor logs that it vanished
+        finally:
+            close_old_connections()
+        self.samples.submit(work)
 
-        Samples of every tenant then decode in one engine call (vLLM submits them
-        all at once, the HF back end decodes them as one batch) instead of one job
-        after another. The others are claimed like any operation (pending to
-        running, in the database), so their own jobs find them taken and do
-        nothing; if this worker dies, the reaper queues each of them again.
-        """
+    def _delete_sample_marker(self, request_id: str) -> None:
         try:
             queues.connection().delete(self.backend.key("sample", request_id))
         except redis.RedisError:
             pass
-        batch = [request_id, *self._sample_companions(request_id)]
-        with self.lock:
-            if len(batch) > 1:
-                logger.debug("worker %s: one pass for %d samples", self.name, len(batch))
-                self.executor.execute_batch(batch)
-            else:
-                self.executor.execute(request_id)
 
-    def _sample_companions(self, request_id: str) -> list[str]:
-        """Other pending samples of ``request_id``'s base model to decode with it, fairly by tenant.
+    def _sample_companions(self, lead: list[str]) -> list[str]:
+        """Other pending samples of the lead batch's base model to decode with it, fairly by tenant.
 
-        At most ``TUFT_SAMPLE_BATCH_MAX`` samples and ``TUFT_SAMPLE_BATCH_TOKENS``
-        (prompt + max new) tokens in all, picked round-robin by tenant
-        (``dispatch.scheduler``) as the embedded sampling lane does.
+        Why: RQ hands this worker one sample job at a time, so the lane alone would
+        often start a batch of one while the other tenants' jobs still wait in Redis.
+        Pending samples are claimed from the database instead (pending to running,
+        like any operation), so their own jobs find them taken and do nothing; if
+        this worker dies, the reaper queues each of them again. At most
+        ``TUFT_SAMPLE_BATCH_MAX`` samples and ``TUFT_SAMPLE_BATCH_TOKENS`` (prompt +
+        max new) tokens in all, picked round-robin by tenant (``dispatch.scheduler``).
         """
-        limit = int(getattr(settings, "TUFT_SAMPLE_BATCH_MAX", 4))
-        op = Operation.objects.select_related("sampling_session").filter(
-            pk=request_id, kind=Operation.Kind.SAMPLE, status=Operation.Status.PENDING).first()
-        if op is None or op.sampling_session is None or limit <= 1 or self.stopping:
-            return []
-        others = (
-            Operation.objects.select_related("sampling_session")
-            .filter(kind=Operation.Kind.SAMPLE, status=Operation.Status.PENDING,
-                    sampling_session__base_model=op.sampling_session.base_model)
-            .exclude(pk=request_id).order_by("created_at")[: 4 * limit]
-        )
-        scheduler = FairScheduler()
-        scheduler.add(scheduling_work(op, None))  # added first: it leads the batch
-        for other in others:
-            scheduler.add(scheduling_work(other, None))
-        batch = scheduler.next_batch(int(getattr(settings, "TUFT_SAMPLE_BATCH_TOKENS", 8192)), limit)
-        return [work.request_id for work in batch if work.request_id != request_id]
+        limits = LaneLimits.from_settings()
+        try:
+            ops = list(Operation.objects.select_related("sampling_session").filter(
+                pk__in=lead, kind=Operation.Kind.SAMPLE, status=Operation.Status.PENDING))
+            if not ops or ops[0].sampling_session is None or len(lead) >= limits.sample_batch_max or self.stopping:
+                return []
+            others = (
+                Operation.objects.select_related("sampling_session")
+                .filter(kind=Operation.Kind.SAMPLE, status=Operation.Status.PENDING,
+                        sampling_session__base_model=ops[0].sampling_session.base_model)
+                .exclude(pk__in=lead).order_by("created_at")[: 4 * limits.sample_batch_max]
+            )
+            scheduler = FairScheduler()
+            for op in ops:  # added first: they lead the batch
+                scheduler.add(scheduling_work(op, None))
+            for other in others:
+                scheduler.add(scheduling_work(other, None))
+            batch = scheduler.next_batch(limits.sample_batch_tokens, limits.sample_batch_max)
+            return [work.request_id for work in batch if work.request_id not in lead]
+        finally:
+            close_old_connections()
 
     def _hand_over(self, run_id: str) -> None:
         """Queue the run's remaining operations for another worker (this one is stopping)."""

@@ -73,7 +73,7 @@ class Command(BaseCommand):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             time.sleep(2.0)
-        runtime.stop()
+        runtime.stop(drain_samples=bool(options["burst"]) and not runtime.stopping)
         exit_worker(runtime.name, 0, runtime.shutdown_started)
 
 

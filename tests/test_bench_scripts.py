@@ -1,0 +1,23 @@
+"""The prepared benchmark scripts run end to end (at their smallest size, on this CPU)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_gpu_batching_runs_at_the_tiny_size() -> None:
+    # The GPU script's Qwen3 shapes need CUDA; --shape tiny walks the same code on a CPU:
+    # model build, runs, both timed sides (real forward/backward passes), optim steps, the table.
+    done = subprocess.run(
+        [sys.executable, "bench/gpu_batching.py", "--shape", "tiny", "--tenants", "2", "--tokens", "16",
+         "--reps", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=280,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = re.search(r"^\s*tiny\s+cpu\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x", done.stdout, re.MULTILINE)
+    assert row, done.stdout
+    assert all(float(v) > 0 for v in row.groups())
