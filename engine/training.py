@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from torch.optim.adam import adam as functional_adam
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
@@ -202,28 +203,49 @@ class TrainingEngine:
     # -- optimizer --------------------------------------------------------
 
     def optim_step(self, run_id: str, adam: AdamSpec) -> dict[str, float]:
-        """Apply accumulated gradients with AdamW, then clear them."""
-        for name, value in asdict(adam).items():
-            if value < 0 or value != value:
-                raise UserInputError(f"adam_params.{name} must be a non-negative number, got {value}")
-        if not (0 <= adam.beta1 < 1 and 0 <= adam.beta2 < 1):
-            raise UserInputError("adam_params.beta1 and beta2 must be in [0, 1)")
+        """Apply accumulated gradients with AdamW (the run's own ``torch.optim.AdamW``), then clear them."""
+        _check_adam(adam)
         run = self._run(run_id)
-        params = run.params
         with run.host.lock:
-            for group in run.optimizer.param_groups:
-                group["lr"] = adam.learning_rate
-                group["betas"] = (adam.beta1, adam.beta2)
-                group["eps"] = adam.eps
-                group["weight_decay"] = adam.weight_decay
-            grads = [p.grad for p in params if p.grad is not None]
-            grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
-            if adam.grad_clip_norm > 0 and grads:
-                torch.nn.utils.clip_grad_norm_(params, adam.grad_clip_norm)
+            grad_norm = _prepare_step(run, adam)
             run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
-            run.step += 1
-        return {"grad_norm:mean": grad_norm, "learning_rate:mean": adam.learning_rate, "step:max": float(run.step)}
+            return _end_step(run, adam, grad_norm)
+
+    def optim_step_many(self, steps: list[tuple[str, AdamSpec]]) -> list[dict[str, float] | EngineError]:
+        """Several runs' optim_steps as few fused AdamW updates as their hyperparameters allow.
+
+        One outcome per ``(run_id, adam)``, in order; a step that fails (bad
+        hyperparameters, unknown run) gets its ``EngineError`` and touches
+        nothing. Each run keeps its own moments and step count (its optimizer's
+        ``state``, as ``optim_step`` leaves it) and is clipped by its own norm;
+        only the element-wise update is shared: the runs whose ``AdamSpec``
+        is equal go through one multi-tensor (``torch._foreach_*``) AdamW call
+        over all their parameters, instead of one small update per tensor per
+        run. Results equal ``optim_step`` run by run up to float rounding
+        (tests/engine/test_batching.py).
+        """
+        outcomes: list[dict[str, float] | EngineError | None] = [None] * len(steps)
+        by_host: dict[int, list[tuple[int, RunState, AdamSpec]]] = {}
+        for index, (run_id, adam) in enumerate(steps):
+            try:
+                _check_adam(adam)
+                run = self._run(run_id)
+            except EngineError as exc:
+                outcomes[index] = exc
+                continue
+            by_host.setdefault(id(run.host), []).append((index, run, adam))
+        for items in by_host.values():
+            with items[0][1].host.lock:
+                norms = {index: _prepare_step(run, adam) for index, run, adam in items}
+                by_spec: dict[AdamSpec, list[RunState]] = {}
+                for _, run, adam in items:
+                    by_spec.setdefault(adam, []).append(run)
+                for adam, runs in by_spec.items():
+                    _fused_adamw(runs, adam)
+                for index, run, adam in items:
+                    outcomes[index] = _end_step(run, adam, norms[index])
+        assert all(o is not None for o in outcomes)
+        return outcomes  # type: ignore[return-value]
 
     # -- checkpoints ------------------------------------------------------
 
@@ -280,6 +302,68 @@ class TrainingEngine:
                 run.optimizer.state.clear()
                 run.step = 0
         return lora
+
+
+def _check_adam(adam: AdamSpec) -> None:
+    for name, value in asdict(adam).items():
+        if value < 0 or value != value:
+            raise UserInputError(f"adam_params.{name} must be a non-negative number, got {value}")
+    if not (0 <= adam.beta1 < 1 and 0 <= adam.beta2 < 1):
+        raise UserInputError("adam_params.beta1 and beta2 must be in [0, 1)")
+
+
+def _prepare_step(run: RunState, adam: AdamSpec) -> float:
+    """Set the step's hyperparameters on the run's optimizer, clip; return the gradient norm before clipping."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = adam.learning_rate
+        group["betas"] = (adam.beta1, adam.beta2)
+        group["eps"] = adam.eps
+        group["weight_decay"] = adam.weight_decay
+    params = run.params
+    grads = [p.grad for p in params if p.grad is not None]
+    grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
+    if adam.grad_clip_norm > 0 and grads:
+        torch.nn.utils.clip_grad_norm_(params, adam.grad_clip_norm)
+    return grad_norm
+
+
+def _end_step(run: RunState, adam: AdamSpec, grad_norm: float) -> dict[str, float]:
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    return {"grad_norm:mean": grad_norm, "learning_rate:mean": adam.learning_rate, "step:max": float(run.step)}
+
+
+def _fused_adamw(runs: list[RunState], adam: AdamSpec) -> None:
+    """One multi-tensor AdamW update over the parameters of ``runs`` (all stepped with ``adam``).
+
+    Each run's moments and step counts stay in its own optimizer's ``state``:
+    ``_init_group`` (torch's own lazy state set-up, what ``AdamW.step`` calls)
+    hands them over per run, and the functional ``adam`` updates them in place.
+    Bias corrections use each tensor's own step, so runs at different steps mix.
+    """
+    params: list[torch.Tensor] = []
+    grads: list[torch.Tensor] = []
+    exp_avgs: list[torch.Tensor] = []
+    exp_avg_sqs: list[torch.Tensor] = []
+    max_exp_avg_sqs: list[torch.Tensor] = []
+    steps: list[torch.Tensor] = []
+    has_complex = False
+    for run in runs:
+        for group in run.optimizer.param_groups:
+            # NOTE(batch): _init_group is private to torch.optim.Adam (its signature
+            # is checked by the equality test); it keeps the state format that
+            # state_dict(), load_state_dict() and optimizer.step() expect.
+            has_complex |= run.optimizer._init_group(  # type: ignore[attr-defined]
+                group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
+    if not params:
+        return
+    with torch.no_grad():  # as Optimizer.step: the update is not part of any graph
+        functional_adam(
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+            foreach=True, has_complex=has_complex, decoupled_weight_decay=True,
+            amsgrad=False, beta1=adam.beta1, beta2=adam.beta2, lr=adam.learning_rate,
+            weight_decay=adam.weight_decay, eps=adam.eps, maximize=False,
+        )
 
 
 def _shape(lora: LoraSpec) -> tuple[int, bool, bool, bool]:

@@ -7,8 +7,9 @@ job) runs for one operation. Handlers are registered per operation kind with
 
 ``EngineExecutor.execute_batch(request_ids)`` runs several operations with one
 engine call: kinds registered with ``handles_batch`` (forward, forward_backward,
-sample) say how to turn an operation into the engine's request, which batch
-entry point takes them (``Engine.forward_backward_many``, ``Engine.sample_many``)
+optim_step, sample) say how to turn an operation into the engine's request, which batch
+entry point takes them (``Engine.forward_backward_many``, ``Engine.optim_step_many``,
+``Engine.sample_many``)
 and how to turn each result into the operation's outcome. Every operation of a
 batch is claimed, failed or completed on its own, exactly as ``execute`` would.
 """
@@ -280,6 +281,7 @@ class EngineExecutor:
             if isinstance(result, Exception):
                 raise result
             outcome = handler.finish(op, context, result)
+            failpoint(op)
             self.hooks.persist(self.engine, op)
         except OutcomeRejected:
             raise
@@ -417,8 +419,8 @@ handles_batch(Operation.Kind.FORWARD_BACKWARD, FORWARD_BACKWARD)
 handles_batch(Operation.Kind.FORWARD, FORWARD_BACKWARD)
 
 
-@handles(Operation.Kind.OPTIM_STEP)
-def _optim_step(engine: Engine, op: Operation) -> Outcome:
+def _optim_step_spec(engine: Engine, op: Operation) -> tuple[tuple[str, AdamSpec], None]:
+    """The engine request of an optim_step operation: ``(run id, AdamW hyperparameters)``."""
     body = T.OptimStepRequest.model_validate(op.request)
     params = body.optim_params
     if not isinstance(params, T.AdamParams):
@@ -428,8 +430,20 @@ def _optim_step(engine: Engine, op: Operation) -> Outcome:
         eps=params.eps, weight_decay=params.weight_decay, grad_clip_norm=params.grad_clip_norm,
     )
     assert op.training_run is not None
-    metrics = engine.optim_step(op.training_run.id, adam)
+    return (op.training_run.id, adam), None
+
+
+def _optim_step_outcome(op: Operation, context: None, metrics: dict[str, float]) -> Outcome:
     return Outcome(result={"metrics": metrics, "type": "optim_step"}, metrics=metrics)
+
+
+# Ready optim_steps of different runs share one fused AdamW update (Engine.optim_step_many):
+# after a batched forward_backward, every run's optim_step is ready at once.
+handles_batch(Operation.Kind.OPTIM_STEP, BatchHandler(
+    prepare=_optim_step_spec,
+    run=lambda engine, steps: engine.optim_step_many(steps),
+    finish=_optim_step_outcome,
+))
 
 
 def _save(engine: Engine, op: Operation, kind: str, name: str, with_optimizer: bool, overwrite: bool) -> Checkpoint:
