@@ -1,10 +1,10 @@
 """Cross-run batching: N tenants' forward_backward one at a time vs as one batched pass.
 
     python bench/bench_batching.py [--via sdk|engine] [--runs 1,2,4,8] [--tokens 128] [--rows 1]
-                                   [--reps 5] [--size small] [--steps 4] [--threads N]
+                                   [--reps 5] [--size small] [--steps 4] [--baseline DIR] [--threads N]
 
 ``--via sdk`` (the default, issue #11's target): starts two real ``tuft``
-servers on the built-in model (``small``: hidden 256, 4 layers, 8k vocab), one
+servers (three with ``--baseline DIR``: a batched one running the code in DIR) on the built-in model (``small``: hidden 256, 4 layers, 8k vocab), one
 with default batching and one with ``TUFT_TRAIN_BATCH_MAX=1`` (one operation per
 engine call), and keeps both up for the whole run. For each N, N tenants (each
 its own ``ServiceClient`` and rank-8 LoRA run, one thread each) loop ``--steps``
@@ -21,9 +21,8 @@ one request, on the batched server.
 ``Engine.forward_backward`` one request at a time against one
 ``Engine.forward_backward_many`` call over all N requests (ranks 8 and 16
 alternating, all linear layers + lm_head), interleaved, median of ``--reps``;
-one optim_step per run follows every repetition on both sides (not timed, or,
-with ``--with-optim``, timed: N ``optim_step`` calls against one
-``optim_step_many``). Prints wall-clock medians and their ratio, and the same
+one optim_step per run follows every repetition on both sides (not timed).
+Prints wall-clock medians and their ratio, and the same
 for the process's CPU time (with ``--threads 1`` it is the work done, free of
 thread spin-waiting).
 """
@@ -178,20 +177,30 @@ def create_tenants(server, n: int) -> list[str]:  # server: tests.conftest.LiveS
 
 
 def bench_sdk(args: argparse.Namespace) -> None:
+    from tests import conftest
     from tests.conftest import start_server, write_models_yaml
 
     ns = [int(x) for x in args.runs.split(",")]
     vocab = SIZES[args.size].vocab_size
-    sides = {"batched": {}, "one at a time": {"TUFT_TRAIN_BATCH_MAX": "1"}}
+    sides: dict[str, tuple[Path, dict[str, str]]] = {
+        "batched": (ROOT, {}), "one at a time": (ROOT, {"TUFT_TRAIN_BATCH_MAX": "1"})}
+    if args.baseline:  # e.g. `git archive <commit> | tar -x -C DIR`: the code before a change
+        sides["baseline batched"] = (Path(args.baseline).resolve(), {})
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         model_dir = build_tiny_model(home / "model", SIZES[args.size])
         config = write_models_yaml(home / "models.yaml", model_dir, max_model_len=args.rows * args.tokens + 64)
-        servers = {side: start_server(home / side.replace(" ", "-"), config, extra_env=env or None)
-                   for side, env in sides.items()}
+        servers = {}
+        for side, (tree, env) in sides.items():
+            conftest.ROOT = tree  # the tree whose `tuft_project.cli` and manage.py this server runs
+            servers[side] = start_server(home / side.replace(" ", "-"), config, extra_env=env or None)
+            servers[side].keys["tree"] = str(tree)
         try:
-            keys = {side: create_tenants(srv, max(ns)) for side, srv in servers.items()}
+            keys = {}
+            for side, srv in servers.items():
+                conftest.ROOT = Path(srv.keys["tree"])
+                keys[side] = create_tenants(srv, max(ns))
             tenants = {side: [Tenant(srv.url, key, seed=i) for i, key in enumerate(keys[side])]
                        for side, srv in servers.items()}
             data = [sdk_data(args.rows, args.tokens, vocab, seed=i) for i in range(max(ns))]
@@ -200,8 +209,10 @@ def bench_sdk(args: argparse.Namespace) -> None:
             print(f"model {args.size}, {args.rows} x {args.tokens} tokens per forward_backward, "
                   f"{args.steps} steps per tenant per round, median of {args.reps} rounds per side, "
                   f"alternating; load average before: {load:.2f}", flush=True)
-            print(f"{'tenants':>7} | {'batched tok/s':>13} {'one-at-a-time tok/s':>19} {'ratio':>6} | "
-                  f"server CPU s/step batched vs one-at-a-time")
+            names = list(sides)
+            print(f"{'tenants':>7} | " + " | ".join(f"{name + ' tok/s':>22}" for name in names)
+                  + " | " + " | ".join(f"{name + ' / one at a time':>30}" for name in names if name != "one at a time")
+                  + " | server CPU s per step: " + ", ".join(names))
             for n in ns:
                 wall: dict[str, list[float]] = {side: [] for side in sides}
                 cpu: dict[str, list[float]] = {side: [] for side in sides}
@@ -213,9 +224,10 @@ def bench_sdk(args: argparse.Namespace) -> None:
                 tokens = n * args.steps * args.rows * args.tokens
                 rate = {side: tokens / statistics.median(wall[side]) for side in sides}
                 per_step = {side: statistics.median(cpu[side]) / (n * args.steps) for side in sides}
-                print(f"{n:>7} | {rate['batched']:>13.0f} {rate['one at a time']:>19.0f} "
-                      f"{rate['batched'] / rate['one at a time']:>5.2f}x | "
-                      f"{per_step['batched']:.3f} vs {per_step['one at a time']:.3f}", flush=True)
+                base = rate["one at a time"]
+                print(f"{n:>7} | " + " | ".join(f"{rate[name]:>22.1f}" for name in names)
+                      + " | " + " | ".join(f"{rate[name] / base:>29.2f}x" for name in names if name != "one at a time")
+                      + " | " + ", ".join(f"{per_step[name]:.3f}" for name in names), flush=True)
             # Reference: one tenant, the N rows in one request (the cost is per operation?).
             for n in ns:
                 rows = [datum for own in data[:n] for datum in own]
@@ -238,6 +250,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1, help="rows (data) per request (default 1)")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per side (default 5)")
     parser.add_argument("--steps", type=int, default=4, help="sdk: steps per tenant per round (default 4)")
+    parser.add_argument("--baseline", default="", metavar="DIR",
+                        help="sdk: also a batched server running the code tree in DIR (e.g. `git archive "
+                             "<commit> | tar -x -C DIR`), a third side in the same alternation")
     parser.add_argument("--size", default="small", choices=sorted(SIZES), help="built-in model size")
     parser.add_argument("--threads", type=int, default=0, help="engine: torch CPU threads (default: torch's)")
     args = parser.parse_args()
