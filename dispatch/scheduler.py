@@ -8,11 +8,12 @@ to ``next_batch`` picks what the lane runs next:
   tenant whose turn it is leads the batch, and every tenant served goes to the
   back of the line. A tenant with 100 queued operations therefore delays a
   tenant with one by at most one batch.
-* **Batches.** After the leader, batchable work of the same base model is added
-  one item per tenant per round, in turn order, while it fits ``token_budget``
+* **Batches.** After the leader, batchable work of the same base model and the
+  same ``group`` (the engine call that takes it: a pass, an optimizer update,
+  a sampling batch) is added one item per tenant per round, in turn order, while it fits ``token_budget``
   and ``max_items``. The leader always runs, even alone over the budget, so a
   huge request is never starved; it just gets no company.
-* **Non-batchable work** (optim_step, save, load, create) runs alone when its
+* **Non-batchable work** (save, load, create) runs alone when its
   tenant leads, and is never pulled into somebody else's batch.
 
 Seq order is the caller's business: training work reaches the scheduler only
@@ -42,6 +43,7 @@ class Work:
     seq_id: int | None = None
     cost: int = 1  # tokens through the model (training: data tokens; sampling: prompt + max new)
     batchable: bool = True
+    group: str = ""  # which engine call takes it (e.g. "pass", "optim"): only one group shares a batch
 
 
 class FairScheduler:
@@ -89,8 +91,8 @@ class FairScheduler:
         return batch
 
     def _fill(self, batch: list[Work], served: list[str], token_budget: int, max_items: int) -> None:
-        """Add batchable work of the leader's model, one item per tenant per round."""
-        model = batch[0].model
+        """Add batchable work of the leader's model and group, one item per tenant per round."""
+        model, group = batch[0].model, batch[0].group
         room = token_budget - batch[0].cost
         skip = {served[0]}  # the leader's tenant already has its item of the first round
         while len(batch) < max_items:
@@ -98,7 +100,7 @@ class FairScheduler:
             for tenant in list(self._turn):
                 if tenant in skip:
                     continue
-                work = self._take(tenant, model, room)
+                work = self._take(tenant, model, group, room)
                 if work is None:
                     continue
                 batch.append(work)
@@ -111,11 +113,11 @@ class FairScheduler:
                 return
             skip = set()
 
-    def _take(self, tenant: str, model: str, room: int) -> Work | None:
-        """The tenant's oldest batchable work of ``model`` that fits in ``room`` tokens."""
+    def _take(self, tenant: str, model: str, group: str, room: int) -> Work | None:
+        """The tenant's oldest batchable work of ``model`` and ``group`` that fits in ``room`` tokens."""
         queue = self._queues[tenant]
         for i, work in enumerate(queue):
-            if work.batchable and work.model == model and work.cost <= room:
+            if work.batchable and work.model == model and work.group == group and work.cost <= room:
                 del queue[i]
                 return work
         return None

@@ -125,6 +125,15 @@ class Engine:
     def optim_step(self, run_id: str, adam: AdamSpec) -> dict[str, float]:
         return self.training.optim_step(run_id, adam)
 
+    def optim_step_many(self, steps: list[tuple[str, AdamSpec]]) -> list[dict[str, float] | EngineError]:
+        """The scheduler's entry point for optim_steps of several runs: one outcome each, in order.
+
+        Runs stepped with equal hyperparameters share one multi-tensor AdamW
+        update; each keeps its own optimizer state. A step that fails yields its
+        ``EngineError`` and never fails the others.
+        """
+        return self.training.optim_step_many(steps)
+
     def save(self, run_id: str, directory: Path, with_optimizer: bool, overwrite: bool = False) -> int:
         return self.training.save(run_id, directory, with_optimizer, overwrite)
 

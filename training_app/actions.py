@@ -81,8 +81,15 @@ def _enqueue_on_commit(op: Operation, run: TrainingRun | None) -> None:
         transaction.on_commit(lambda: dispatch_registry.get_dispatcher().submit_sampling(request_id, work))
 
 
-# Operations that the engine can run for several runs in one pass (dispatch.scheduler batches them).
-BATCHABLE_KINDS = frozenset({Operation.Kind.FORWARD_BACKWARD, Operation.Kind.FORWARD, Operation.Kind.SAMPLE})
+# Operations that the engine can run for several runs in one call (dispatch.scheduler batches them),
+# by the engine call that takes them: only operations of one group share a batch.
+BATCH_GROUPS = {
+    Operation.Kind.FORWARD_BACKWARD: "pass",  # Engine.forward_backward_many
+    Operation.Kind.FORWARD: "pass",
+    Operation.Kind.OPTIM_STEP: "optim",  # Engine.optim_step_many
+    Operation.Kind.SAMPLE: "sample",  # Engine.sample_many
+}
+BATCHABLE_KINDS = frozenset(BATCH_GROUPS)
 
 
 def scheduling_work(op: Operation, run: TrainingRun | None) -> Work:
@@ -91,13 +98,14 @@ def scheduling_work(op: Operation, run: TrainingRun | None) -> Work:
         cost = protocol.count_body_tokens(bytes(op.request_blob)) if op.request_blob and not op.is_done else 0
         return Work(op.request_id, tenant=str(op.tenant_id), model=run.base_model, run_id=run.id,
                     seq_id=int(op.seq_id or 0), cost=cost,
-                    batchable=op.kind in BATCHABLE_KINDS and not op.is_done)
+                    batchable=op.kind in BATCHABLE_KINDS and not op.is_done, group=BATCH_GROUPS.get(op.kind, ""))
     sampler = op.sampling_session
     request = op.request or {}
     params = request.get("sampling_params") or {}
     prompt = sum(len(c.get("tokens") or []) for c in (request.get("prompt") or {}).get("chunks") or [])
     cost = prompt + int(params.get("max_tokens") or 0) * int(request.get("num_samples") or 1)
-    return Work(op.request_id, tenant=str(op.tenant_id), model=sampler.base_model if sampler else "", cost=cost)
+    return Work(op.request_id, tenant=str(op.tenant_id), model=sampler.base_model if sampler else "", cost=cost,
+                group="sample")
 
 
 def check_lora_config(base_model: str, rank: int, train_attn: bool, train_mlp: bool, train_unembed: bool) -> None:

@@ -73,8 +73,8 @@ handles_batch(Operation.Kind.FORWARD_BACKWARD, FORWARD_BACKWARD)
 handles_batch(Operation.Kind.FORWARD, FORWARD_BACKWARD)
 
 
-@handles(Operation.Kind.OPTIM_STEP)
-def _optim_step(engine: Engine, op: Operation) -> Outcome:
+def _optim_step_spec(engine: Engine, op: Operation) -> tuple[tuple[str, AdamSpec], None]:
+    """The engine request of an optim_step operation: ``(run id, AdamW hyperparameters)``."""
     body = T.OptimStepRequest.model_validate(op.request)
     params = body.optim_params
     if not isinstance(params, T.AdamParams):
@@ -84,8 +84,20 @@ def _optim_step(engine: Engine, op: Operation) -> Outcome:
         eps=params.eps, weight_decay=params.weight_decay, grad_clip_norm=params.grad_clip_norm,
     )
     assert op.training_run is not None
-    metrics = engine.optim_step(op.training_run.id, adam)
+    return (op.training_run.id, adam), None
+
+
+def _optim_step_outcome(op: Operation, context: None, metrics: dict[str, float]) -> Outcome:
     return Outcome(result={"metrics": metrics, "type": "optim_step"}, metrics=metrics)
+
+
+# Ready optim_steps of different runs share one fused AdamW update (Engine.optim_step_many):
+# after a batched forward_backward, every run's optim_step is ready at once.
+handles_batch(Operation.Kind.OPTIM_STEP, BatchHandler(
+    prepare=_optim_step_spec,
+    run=lambda engine, steps: engine.optim_step_many(steps),
+    finish=_optim_step_outcome,
+))
 
 
 def _save(engine: Engine, op: Operation, kind: str, name: str, with_optimizer: bool, overwrite: bool) -> Checkpoint:

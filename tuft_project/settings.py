@@ -73,9 +73,10 @@ TUFT_OPERATION_RETENTION_DAYS = float(os.environ.get("TUFT_OPERATION_RETENTION_D
 # Scheduling, read by the embedded lanes and by Redis-mode workers (docs/operators.md):
 # a seq_id that never arrives is skipped after this long; ready forward/forward_backward
 # operations of different runs run as one engine pass of at most TUFT_TRAIN_BATCH_TOKENS
-# input tokens and TUFT_TRAIN_BATCH_MAX operations; queued sample requests go to the
-# sampler in batches of at most TUFT_SAMPLE_BATCH_MAX requests / TUFT_SAMPLE_BATCH_TOKENS
-# (prompt + max new) tokens (embedded lanes only, for now).
+# input tokens and TUFT_TRAIN_BATCH_MAX operations (ready optim_steps: one fused AdamW
+# update of at most TUFT_TRAIN_BATCH_MAX runs); queued sample requests go to the sampler in
+# batches of at most TUFT_SAMPLE_BATCH_MAX requests / TUFT_SAMPLE_BATCH_TOKENS (prompt + max
+# new) tokens.
 TUFT_SEQ_GAP_TIMEOUT_S = float(os.environ.get("TUFT_SEQ_GAP_TIMEOUT_S", "60"))
 TUFT_TRAIN_BATCH_TOKENS = int(os.environ.get("TUFT_TRAIN_BATCH_TOKENS", "8192"))
 TUFT_TRAIN_BATCH_MAX = int(os.environ.get("TUFT_TRAIN_BATCH_MAX", "16"))

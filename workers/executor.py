@@ -7,8 +7,9 @@ job) runs for one operation. Handlers are registered per operation kind with
 
 ``EngineExecutor.execute_batch(request_ids)`` runs several operations with one
 engine call: kinds registered with ``handles_batch`` (forward, forward_backward,
-sample) say how to turn an operation into the engine's request, which batch
-entry point takes them (``Engine.forward_backward_many``, ``Engine.sample_many``)
+optim_step, sample) say how to turn an operation into the engine's request, which batch
+entry point takes them (``Engine.forward_backward_many``, ``Engine.optim_step_many``,
+``Engine.sample_many``)
 and how to turn each result into the operation's outcome. Every operation of a
 batch is claimed, failed or completed on its own, exactly as ``execute`` would.
 """

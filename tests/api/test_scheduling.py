@@ -93,6 +93,24 @@ def test_ready_forward_backwards_of_several_tenants_all_complete_with_their_own_
     assert "vocabulary" in str(err.value)
 
 
+def test_steps_of_several_tenants_batched_train_each_run_as_if_alone(server: LiveServer) -> None:
+    """forward_backward + optim_step of two tenants' runs, submitted together (their optim_steps can
+    share one fused AdamW update): same seed and data give the same losses, step after step, and
+    the losses fall, so each run trained on its own."""
+    clients = {name: tinker.ServiceClient(base_url=server.url, api_key=server.keys[name]) for name in ("alice", "bob")}
+    runs = {name: c.create_lora_training_client(base_model=MODEL_NAME, rank=4, seed=7).result(timeout=TIMEOUT)
+            for name, c in clients.items()}
+    adam = types.AdamParams(learning_rate=5e-2)
+    losses: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(3):
+        futures = {name: (r.forward_backward(BATCH, "cross_entropy"), r.optim_step(adam)) for name, r in runs.items()}
+        for name, (fb, opt) in futures.items():
+            losses[name].append(fb.result(timeout=TIMEOUT).metrics["loss:sum"])
+            assert opt.result(timeout=TIMEOUT).metrics is not None
+    assert losses["alice"] == pytest.approx(losses["bob"], rel=1e-4, abs=1e-4), losses
+    assert losses["alice"][2] < losses["alice"][0], losses
+
+
 @pytest.fixture(scope="module")
 def one_at_a_time(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[LiveServer]:
     """Sample batches of one request and short long polls, so a queue position is observable."""

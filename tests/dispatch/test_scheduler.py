@@ -115,3 +115,14 @@ def test_remove_run_takes_out_only_that_runs_work() -> None:
     s.remove_run("rb")
     assert s.depth_by_tenant() == {"a": 1}
     assert [w.run_id for w in s.next_batch(10_000, 16)] == ["ra2"]
+
+
+def test_only_work_of_one_group_shares_a_batch() -> None:
+    """optim_steps batch with optim_steps, passes with passes: each group is one engine call."""
+    s = FairScheduler()
+    s.add(Work("a-opt", tenant="a", model="m", run_id="ra", seq_id=2, cost=0, group="optim"))
+    s.add(Work("b-fb", tenant="b", model="m", run_id="rb", seq_id=1, cost=100, group="pass"))
+    s.add(Work("c-opt", tenant="c", model="m", run_id="rc", seq_id=2, cost=0, group="optim"))
+    s.add(Work("d-fb", tenant="d", model="m", run_id="rd", seq_id=1, cost=100, group="pass"))
+    assert [w.request_id for w in s.next_batch(10_000, 8)] == ["a-opt", "c-opt"]
+    assert [w.request_id for w in s.next_batch(10_000, 8)] == ["b-fb", "d-fb"]

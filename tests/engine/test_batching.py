@@ -324,3 +324,65 @@ def test_budget_must_be_positive(tiny_model_dir: Path) -> None:
     with pytest.raises(ValueError):
         _engine(tiny_model_dir, max_batch_tokens=0)
     assert Engine([]).training.max_batch_tokens == 8192  # the documented default
+
+
+# -- optim_step_many: several runs' AdamW steps in one fused update --------------------------------
+
+
+def _state(engine: Engine, run: str) -> list[dict[str, torch.Tensor]]:
+    """The run's AdamW state per parameter (moments and step), in parameter order."""
+    state = engine.training.runs[run]
+    return [state.optimizer.state[p] for p in state.params]
+
+
+@pytest.mark.parametrize("n_runs", [1, 2, 8])
+def test_optim_step_many_equals_optim_step_run_by_run(pair: tuple[Engine, Engine], n_runs: int) -> None:
+    """Fused steps give every run the weights, moments and metrics of its own AdamW.step, to 1e-6.
+
+    The runs differ in rank and target set, two hyperparameter sets are mixed
+    (one with clipping, which is per run), and one run skips a step so that
+    runs at different step counts share an update (bias corrections per run).
+    """
+    ref, batched = pair
+    runs = _create(pair, n_runs)
+    clipped = AdamSpec(learning_rate=1e-2, beta1=0.8, beta2=0.9, eps=1e-8, weight_decay=0.1, grad_clip_norm=0.5)
+    for step in range(4):
+        specs = [_spec(ref, run, "cross_entropy", [4 + i, 9], seed=10 * step + i) for i, run in enumerate(runs)]
+        for engine in pair:
+            engine.forward_backward_many(specs)
+        for run in runs:
+            _copy_grads(batched, ref, run)  # the same gradients: compare the optimizers alone
+        stepping = [run for i, run in enumerate(runs) if not (step == 1 and i == 0)]
+        adams = [ADAM if i % 2 == 0 else clipped for i in range(len(stepping))]
+        want = [ref.optim_step(run, adam) for run, adam in zip(stepping, adams)]
+        got = batched.optim_step_many(list(zip(stepping, adams)))
+        for g, w in zip(got, want):
+            assert isinstance(g, dict) and g.keys() == w.keys()
+            assert all(_close(g[k], w[k], 1e-6) for k in w), (g, w)
+        for run in runs:
+            _assert_same_weights(batched, ref, run, 1e-6)
+            for mine, theirs in zip(_state(batched, run), _state(ref, run)):
+                assert mine.keys() == theirs.keys()
+                for key in theirs:
+                    _assert_tensor_close(mine[key], theirs[key], 1e-6, key)
+            if run in stepping:  # stepped: gradients cleared, as optim_step leaves them
+                assert all(p.grad is None for p in _params(batched, run).values())
+    assert [batched.training.runs[r].step for r in runs] == [3] + [4] * (n_runs - 1)
+
+
+def test_optim_step_many_bad_steps_beside_good_ones(pair: tuple[Engine, Engine]) -> None:
+    ref, batched = pair
+    _create(pair, 2)
+    for engine in pair:
+        engine.forward_backward_many([_spec(ref, f"run{i}", "cross_entropy", [6], seed=i) for i in range(2)])
+    _copy_grads(batched, ref, "run1")
+    before = {n: p.detach().clone() for n, p in _params(batched, "run0").items()}
+    got = batched.optim_step_many([("run0", AdamSpec(learning_rate=-1.0)), ("nope", ADAM), ("run1", ADAM)])
+    assert isinstance(got[0], UserInputError) and "learning_rate" in str(got[0])
+    assert isinstance(got[1], EngineError) and not got[1].user
+    assert isinstance(got[2], dict) and got[2]["step:max"] == 1.0
+    ref.optim_step("run1", ADAM)
+    _assert_same_weights(batched, ref, "run1", 1e-6)
+    # The refused step changed nothing: same weights, gradients kept for a later step.
+    assert all(torch.equal(p, before[n]) for n, p in _params(batched, "run0").items())
+    assert any(p.grad is not None for p in _params(batched, "run0").values())
