@@ -172,6 +172,8 @@ def main() -> None:
             for mode in args.modes:
                 url, keys, _ = started[mode]
                 figures[mode]["latency"] = latency(url, keys[0], args.repeats)
+                print(f"{mode} median latency: " + ", ".join(
+                    f"{op} {figures[mode]['latency'][op]:.4f} s" for op in ("forward", "optim_step")), flush=True)
             for r in range(args.rounds):
                 for n in args.tenants:
                     for mode in args.modes:
