@@ -206,6 +206,7 @@ def run_load(url: str, keys: list[str], clients: int, duration: float, vocab: in
     while ready.value < len(procs) and time.monotonic() < warmup_until:
         time.sleep(0.5)
     deadline.value = time.monotonic() + duration
+    print(f"warm: {ready.value - 1} client process(es) ready; timing {duration:.0f} s", flush=True)
     start.set()
     merged = Figures()
     for _ in procs:
