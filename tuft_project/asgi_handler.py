@@ -90,8 +90,10 @@ class PooledASGIHandler(ASGIHandler):
         self._sync = BaseHandler()
         self._sync.load_middleware(is_async=False)  # the same middleware, as WSGI runs it
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tuft-api")
-        # HOT views: metrics + request id, Django's conversion of exceptions to responses.
-        self._hot_chain = convert_exception_to_response(RequestMetricsMiddleware(self._call_hot_view))
+        # HOT views: metrics + request id, and Django's conversion of exceptions to
+        # responses around each layer (as load_middleware wraps every middleware).
+        self._hot_chain = convert_exception_to_response(
+            RequestMetricsMiddleware(convert_exception_to_response(self._call_hot_view)))
 
     async def _in_pool(self, fn: Callable[..., _R], *args: Any) -> _R:
         # A copy of the loop's context per call, so that context variables set by
