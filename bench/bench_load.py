@@ -245,7 +245,9 @@ def main() -> None:
     from tests.distributed.cluster import Cluster, redis_reachable
 
     # The whole run is bounded even if the server wedges.
-    threading.Timer(args.duration + WARMUP_S + 600, lambda: os._exit(3)).start()
+    bound = threading.Timer(args.duration + WARMUP_S + 600, lambda: os._exit(3))
+    bound.daemon = True  # an error before the end still ends the process
+    bound.start()
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)

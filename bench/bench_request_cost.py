@@ -55,13 +55,18 @@ class Server:
     process: subprocess.Popen
     key: str = ""
     figures: dict[str, list[float]] = field(default_factory=dict)
+    _local: threading.local = field(default_factory=threading.local)
 
     def post(self, path: str, body: object = None, content: bytes | None = None, timeout: float = 120) -> httpx.Response:
+        # One kept-alive connection per thread, as the SDK keeps its connections.
+        http = getattr(self._local, "http", None)
+        if http is None:
+            http = self._local.http = httpx.Client(base_url=f"{self.url}/api/v1/", timeout=timeout)
         headers = {"X-API-Key": self.key}
         if content is not None:
             headers["Content-Type"] = "application/x-protobuf"
-            return httpx.post(f"{self.url}/api/v1/{path}", content=content, headers=headers, timeout=timeout)
-        return httpx.post(f"{self.url}/api/v1/{path}", json=body, headers=headers, timeout=timeout)
+            return http.post(path, content=content, headers=headers)
+        return http.post(path, json=body, headers=headers)
 
     def wait(self, request_id: str) -> httpx.Response:
         while True:

@@ -121,3 +121,20 @@ def test_a_ready_result_is_answered_while_sync_views_are_stuck(quiet_server: Liv
         t.join(timeout=120)
     assert len(stuck) == API_THREADS + 1 and all(r.status_code == 200 for r in stuck), \
         "the stuck requests complete once the lock is gone"
+
+
+def test_a_revoked_key_stops_working_at_once_on_every_path(quiet_server: LiveServer) -> None:
+    """No authentication is cached: the next request after a revocation is refused, long poll included."""
+    key = quiet_server.keys["alice"]
+    model_id = new_run(quiet_server, key)
+    done = optim_step(quiet_server, key, model_id, 1)
+    assert "metrics" in wait_future(quiet_server, key, done).json()
+    second = quiet_server.manage("create_tenant", "alice", "--add-key").strip().splitlines()[-1]
+    assert retrieve(quiet_server, second, done, timeout=20).status_code == 200  # the tenant's future, any key
+    quiet_server.manage("shell", "-c", (
+        "from sessions_app.actions import do_revoke_api_key; from sessions_app.models import ApiKey, hash_key; "
+        f"do_revoke_api_key(ApiKey.objects.get(key_hash=hash_key({second!r})))"))
+    assert retrieve(quiet_server, second, done, timeout=20).status_code == 401
+    assert post(quiet_server, "session_heartbeat", second, {"session_id": "sess-x", "type": "session_heartbeat"}
+                ).status_code == 401
+    assert retrieve(quiet_server, key, done, timeout=20).status_code == 200  # the other key still works
