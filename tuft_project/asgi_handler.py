@@ -113,8 +113,10 @@ class PooledASGIHandler(ASGIHandler):
         try:
             if kind == SYNC:
                 response = await self._in_pool(self._respond_sync, scope, body_file)
-                await self._send(response, send)
-                await self._in_pool(response.close)  # request_finished: the thread's connections
+                try:
+                    await self._send(response, send)
+                finally:
+                    await self._in_pool(response.close)  # request_finished: the thread's connections
             else:
                 await self._respond_hot(scope, body_file, receive, send)
         finally:
