@@ -5,8 +5,8 @@
 Starts a real server (``embedded``: one ``tuft`` process with its worker
 threads; ``redis``: a ``tuft`` API server plus one ``manage.py tuft_worker`` on
 the local Redis, namespace of its own), then for ``--duration`` seconds
-(bounded: every client stops at the deadline, the whole run is killed after
-``--duration`` + 5 minutes at most):
+(bounded: every client stops at the deadline, the warm-up is bounded by 40 minutes and the whole
+run by 10 minutes more):
 
 * ``--clients`` SDK clients (each its own ``ServiceClient`` and LoRA run on the
   built-in tiny model, spread over ``--tenants`` tenants and ``--processes``
@@ -42,6 +42,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TINKER_TELEMETRY", "0")
 
 MODEL = "tuft/tiny-qwen3"
+# Bound on the warm-up (every client's run created and one step done): on a loaded
+# 2-core machine 100 clients took over 15 minutes to get there.
+WARMUP_S = 2400
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -79,10 +82,10 @@ def client_loop(url: str, key: str, vocab: int, seed: int, start: threading.Even
 
     try:
         training = tinker.ServiceClient(base_url=url, api_key=key).create_lora_training_client(
-            base_model=MODEL, rank=4, seed=seed).result(timeout=600)
+            base_model=MODEL, rank=4, seed=seed).result(timeout=WARMUP_S)
         data = make_data(vocab, seed)
         adam = types.AdamParams(learning_rate=1e-3)
-        training.forward_backward(data, "cross_entropy").result(timeout=600)  # warm-up, not timed
+        training.forward_backward(data, "cross_entropy").result(timeout=WARMUP_S)  # warm-up, not timed
         with figures.lock:
             figures.clients_ready += 1
         start.wait()
@@ -171,7 +174,7 @@ def process_main(role: str, url: str, keys: list[str], first: int, count: int, v
                    for i in range(first, first + count)]
     for t in threads:
         t.start()
-    warmup_until = time.monotonic() + 600
+    warmup_until = time.monotonic() + WARMUP_S
     while (role == "clients" and figures.clients_ready + len(figures.errors) < count
            and time.monotonic() < warmup_until):
         time.sleep(0.5)
@@ -202,10 +205,11 @@ def run_load(url: str, keys: list[str], clients: int, duration: float, vocab: in
              for role, first, count in roles]
     for p in procs:
         p.start()
-    warmup_until = time.monotonic() + 900
+    warmup_until = time.monotonic() + WARMUP_S + 60
     while ready.value < len(procs) and time.monotonic() < warmup_until:
         time.sleep(0.5)
     deadline.value = time.monotonic() + duration
+    print(f"warm: {ready.value - 1} client process(es) ready; timing {duration:.0f} s", flush=True)
     start.set()
     merged = Figures()
     for _ in procs:
@@ -241,7 +245,9 @@ def main() -> None:
     from tests.distributed.cluster import Cluster, redis_reachable
 
     # The whole run is bounded even if the server wedges.
-    threading.Timer(args.duration + 900, lambda: os._exit(3)).start()
+    bound = threading.Timer(args.duration + WARMUP_S + 600, lambda: os._exit(3))
+    bound.daemon = True  # an error before the end still ends the process
+    bound.start()
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)

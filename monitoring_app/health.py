@@ -32,6 +32,9 @@ class CheckResult:
 
 
 def check_database() -> CheckResult:
+    # A fresh connection: a kept one (CONN_MAX_AGE) can go on working on SQLite after
+    # the database file became unreachable, while every new connection fails.
+    connection.close()
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")

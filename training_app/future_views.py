@@ -6,7 +6,10 @@ request open until the operation finishes or ``TUFT_LONG_POLL_S`` passes
 (< 45 s, the SDK's timeout), then answers ``try_again``; the SDK re-polls at
 once, so answering immediately would make it spin.
 
-While waiting it does nothing until a completion event arrives
+It runs on the event loop with no sync middleware around it
+(``tuft_project.asgi_handler.hot_async_view``): a ready result costs one trip
+to a reader thread (authentication and the read together) and no other thread
+hand-over. While waiting it does nothing until a completion event arrives
 (``dispatch.completions``): it reads the database once per request and once
 per wake-up, never on a timer (at 100 clients the old once-a-second re-read
 per waiter kept the event loop busy). The reads run on a small pool of
@@ -16,6 +19,7 @@ long-lived threads rather than a fresh thread per request.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
@@ -33,6 +37,7 @@ from sessions_app.authentication import tenant_for_key
 from sessions_app.models import Tenant
 from dispatch.completions import completion_hub, completion_sweeper
 from training_app.models import Operation
+from tuft_project.asgi_handler import hot_async_view
 from tuft_project.exceptions import error_body
 from tuft_project.parsers import decode_json
 
@@ -55,11 +60,21 @@ async def _read(fn: Callable[..., _R], *args: object) -> _R:
         finally:
             close_old_connections()
 
-    return await asyncio.get_running_loop().run_in_executor(_READERS, call)
+    ctx = contextvars.copy_context()  # the tenant bound by authentication stays with this call
+    return await asyncio.get_running_loop().run_in_executor(_READERS, ctx.run, call)
 
 
 def _find_operation(tenant: Tenant, request_id: str) -> Operation | None:
     return Operation.objects.filter(tenant=tenant, request_id=request_id).first()
+
+
+def _authenticate_and_find(raw_key: str | None, request_id: str | None) -> tuple[Tenant | None, Operation | None]:
+    """The caller's tenant (None: bad key) and, if ``request_id`` is given, its operation: one thread hop."""
+    found = tenant_for_key(raw_key)
+    if found is None:
+        return None, None
+    tenant = found[0]
+    return tenant, _find_operation(tenant, request_id) if request_id is not None else None
 
 
 def render_operation(op: Operation) -> HttpResponse:
@@ -70,27 +85,31 @@ def render_operation(op: Operation) -> HttpResponse:
     return JsonResponse(op.result or {})
 
 
+@hot_async_view  # runs on the event loop without the sync middleware chain (tuft_project.asgi_handler)
 @csrf_exempt
 async def retrieve_future(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         return JsonResponse(error_body("method not allowed", "method_not_allowed"), status=405)
-    found = await _read(tenant_for_key, request.headers.get("X-API-Key"))
-    if found is None:
+    body, refusal = _parse_body(request)
+    # Authentication and the first read of the operation in one trip to a reader
+    # thread: a ready result is answered without waiting for a thread twice.
+    tenant, op = await _read(_authenticate_and_find, request.headers.get("X-API-Key"),
+                             body.request_id if body is not None else None)
+    if tenant is None:
         return JsonResponse(error_body("invalid or missing API key", "not_authenticated"), status=401)
-    tenant, _ = found
-    try:
-        body = T.FutureRetrieveRequest.model_validate(decode_json(request.body))
-    except RequestDataTooBig as exc:
-        return JsonResponse(error_body(f"request body too large: {exc}", "payload_too_large"), status=413)
-    except ParseError as exc:
-        return JsonResponse(error_body(f"invalid retrieve_future body: {exc.detail}", "invalid_request"), status=400)
-    except (ValueError, pydantic.ValidationError) as exc:
-        return JsonResponse(error_body(f"invalid retrieve_future body: {exc}", "invalid_request"), status=400)
+    if body is None:
+        return refusal
+    if op is None:
+        return JsonResponse(error_body(f"future {body.request_id!r} not found", "not_found"), status=404)
+    if op.is_done:
+        return render_operation(op)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + float(settings.TUFT_LONG_POLL_S)
     completion_sweeper.ensure_running(float(settings.TUFT_LONG_POLL_SWEEP_S))
     with completion_hub.subscribe(body.request_id) as finished:
         while True:
+            # Read again once subscribed: a completion that landed since the first
+            # read wakes nobody, but this read sees it.
             op = await _read(_find_operation, tenant, body.request_id)
             if op is None:
                 return JsonResponse(error_body(f"future {body.request_id!r} not found", "not_found"), status=404)
@@ -104,3 +123,16 @@ async def retrieve_future(request: HttpRequest) -> HttpResponse:
             except asyncio.TimeoutError:
                 pass
             finished.clear()
+
+
+def _parse_body(request: HttpRequest) -> tuple[T.FutureRetrieveRequest | None, HttpResponse]:
+    """The validated body, or None and the 4xx answer (given only once the key is known good)."""
+    try:
+        return T.FutureRetrieveRequest.model_validate(decode_json(request.body)), HttpResponse()
+    except RequestDataTooBig as exc:
+        return None, JsonResponse(error_body(f"request body too large: {exc}", "payload_too_large"), status=413)
+    except ParseError as exc:
+        return None, JsonResponse(error_body(f"invalid retrieve_future body: {exc.detail}", "invalid_request"),
+                                  status=400)
+    except (ValueError, pydantic.ValidationError) as exc:
+        return None, JsonResponse(error_body(f"invalid retrieve_future body: {exc}", "invalid_request"), status=400)

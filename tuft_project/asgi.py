@@ -8,10 +8,18 @@ collectstatic) from the proxy instead.
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tuft_project.settings")
-django_http = get_asgi_application()  # sets Django up before the imports below
+django.setup(set_prefix=False)  # as get_asgi_application() does, before the imports below
+
+from django.conf import settings  # noqa: E402
+
+from tuft_project.asgi_handler import PooledASGIHandler  # noqa: E402
+
+# Django's ASGI handler, with each request's sync work run in one call on a fixed
+# pool of threads (tuft_project.asgi_handler says why).
+django_http = PooledASGIHandler(threads=settings.TUFT_API_THREADS)
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import SessionMiddlewareStack  # noqa: E402

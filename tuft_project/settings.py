@@ -95,6 +95,9 @@ TUFT_MAX_FWDBWD_TENSOR_ELEMENTS = int(os.environ.get("TUFT_MAX_FWDBWD_TENSOR_ELE
 # Largest request body, before and after zstd decompression (413 beyond it).
 TUFT_MAX_BODY_BYTES = int(os.environ.get("TUFT_MAX_BODY_BYTES", str(64 * 1024 * 1024)))
 REDIS_URL = os.environ.get("REDIS_URL", "")
+# Threads that run the API's synchronous views, each request's whole middleware
+# chain and view in one call (tuft_project.asgi_handler); more requests queue.
+TUFT_API_THREADS = int(os.environ.get("TUFT_API_THREADS", "16"))
 # Longest an OpenAI-compatible request (/oai/api/v1) waits for its samples before answering 504.
 TUFT_OAI_TIMEOUT_S = float(os.environ.get("TUFT_OAI_TIMEOUT_S", "600"))
 # Who may read /metrics besides staff (monitoring_app.views): a scraper with this bearer
@@ -192,9 +195,16 @@ ASGI_APPLICATION = "tuft_project.asgi.application"
 
 _sqlite_path = TUFT_HOME / "db.sqlite3"
 DATABASES = {
-    "default": dj_database_url.config(env="DATABASE_URL", default=f"sqlite:///{_sqlite_path}", conn_max_age=0),
+    "default": dj_database_url.config(env="DATABASE_URL", default=f"sqlite:///{_sqlite_path}", conn_health_checks=True),
 }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+_is_sqlite = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+# Seconds a thread keeps its database connection (checked before reuse). Every thread
+# that touches the database is long-lived (the API's thread pool, the long poll's
+# readers, the lanes), so on SQLite, where a connection is just an open file, one is
+# kept rather than opened for every request. PostgreSQL defaults to 0 (closed after
+# each request): a kept connection per thread and process adds up against max_connections.
+DATABASES["default"]["CONN_MAX_AGE"] = float(os.environ.get("TUFT_DB_CONN_MAX_AGE", "60" if _is_sqlite else "0"))
+if _is_sqlite:
     # WAL lets the API read while the worker writes; IMMEDIATE transactions and a
     # long timeout turn write contention into waiting instead of "database is locked".
     DATABASES["default"]["OPTIONS"] = {

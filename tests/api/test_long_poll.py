@@ -21,13 +21,14 @@ from tests.api.helpers import post, wait_future
 from tests.conftest import MODEL_NAME, LiveServer, start_server, write_models_yaml
 
 LONG_POLL_S = 120
+API_THREADS = 2  # the pool of threads for sync views (tuft_project.asgi_handler), small on purpose
 
 
 @pytest.fixture(scope="module")
 def quiet_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[LiveServer]:
     home = tmp_path_factory.mktemp("long-poll")
     srv = start_server(home, write_models_yaml(home / "models.yaml", tiny_model_dir), extra_env={
-        "TUFT_LONG_POLL_SWEEP_S": "3600", "TUFT_LONG_POLL_S": str(LONG_POLL_S)})
+        "TUFT_LONG_POLL_SWEEP_S": "3600", "TUFT_LONG_POLL_S": str(LONG_POLL_S), "TUFT_API_THREADS": str(API_THREADS)})
     try:
         srv.create_tenant("alice")
         yield srv
@@ -95,11 +96,11 @@ def database_write_lock(server: LiveServer) -> Iterator[None]:
 
 
 def test_a_ready_result_is_answered_while_sync_views_are_stuck(quiet_server: LiveServer) -> None:
-    """A poll of a finished operation answers while another request is stuck on the database's write lock.
+    """A poll of a finished operation answers while every API thread is stuck on the database's write lock.
 
-    (Behaviour check: Django runs each async request's sync code on a thread of
-    its own, so this held before the reader pool too; it guards against a poll
-    that writes, or queues behind a shared thread.)
+    More requests that write are sent than the server has threads for sync
+    views, so all of them are taken (and one request queues): the poll must
+    need none of them. Every stuck request completes once the lock is gone.
     """
     key = quiet_server.keys["alice"]
     model_id = new_run(quiet_server, key)
@@ -107,13 +108,33 @@ def test_a_ready_result_is_answered_while_sync_views_are_stuck(quiet_server: Liv
     assert "metrics" in wait_future(quiet_server, key, done).json()
     stuck: list[httpx.Response] = []
     with database_write_lock(quiet_server):
-        blocked = threading.Thread(target=lambda: stuck.append(post(
+        blocked = [threading.Thread(target=lambda: stuck.append(post(
             quiet_server, "create_session", key, {"tags": [], "user_metadata": {}, "sdk_version": "0.38.0"},
-            timeout=120)))
-        blocked.start()
-        time.sleep(1)  # let it reach the lock (the test is valid either way)
+            timeout=120))) for _ in range(API_THREADS + 1)]
+        for t in blocked:
+            t.start()
+        time.sleep(1)  # let them reach the lock (the test is valid either way)
         answer = retrieve(quiet_server, key, done, timeout=20)
         assert answer.status_code == 200 and "metrics" in answer.json(), answer.text
-        assert blocked.is_alive(), "the write was not held up by the lock: the test proved nothing"
-    blocked.join(timeout=120)
-    assert stuck and stuck[0].status_code == 200, "the stuck request completes once the lock is gone"
+        assert all(t.is_alive() for t in blocked), "the writes were not held up by the lock: the test proved nothing"
+    for t in blocked:
+        t.join(timeout=120)
+    assert len(stuck) == API_THREADS + 1 and all(r.status_code == 200 for r in stuck), \
+        "the stuck requests complete once the lock is gone"
+
+
+def test_a_revoked_key_stops_working_at_once_on_every_path(quiet_server: LiveServer) -> None:
+    """No authentication is cached: the next request after a revocation is refused, long poll included."""
+    key = quiet_server.keys["alice"]
+    model_id = new_run(quiet_server, key)
+    done = optim_step(quiet_server, key, model_id, 1)
+    assert "metrics" in wait_future(quiet_server, key, done).json()
+    second = quiet_server.manage("create_tenant", "alice", "--add-key").strip().splitlines()[-1]
+    assert retrieve(quiet_server, second, done, timeout=20).status_code == 200  # the tenant's future, any key
+    quiet_server.manage("shell", "-c", (
+        "from sessions_app.actions import do_revoke_api_key; from sessions_app.models import ApiKey, hash_key; "
+        f"do_revoke_api_key(ApiKey.objects.get(key_hash=hash_key({second!r})))"))
+    assert retrieve(quiet_server, second, done, timeout=20).status_code == 401
+    assert post(quiet_server, "session_heartbeat", second, {"session_id": "sess-x", "type": "session_heartbeat"}
+                ).status_code == 401
+    assert retrieve(quiet_server, key, done, timeout=20).status_code == 200  # the other key still works
