@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,9 @@ QUEUE_WAIT = Histogram(
 )
 RUN_TIME = Histogram(
     "tuft_operation_duration_seconds", "Time an operation ran on a worker", ["kind"], buckets=_BUCKETS,
+)
+LONG_POLLS = Gauge(
+    "tuft_long_polls_waiting", "retrieve_future requests waiting for their operation to finish",
 )
 TOKENS = Counter(
     "tuft_tokens", "Tokens processed, by base model and kind (trained, prefill, sampled)", ["base_model", "kind"],

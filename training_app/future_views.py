@@ -33,9 +33,10 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework.exceptions import ParseError
 from tinker import types as T
 
+from dispatch.completions import completion_hub, completion_sweeper
+from monitoring_app.metrics import LONG_POLLS
 from sessions_app.authentication import tenant_for_key
 from sessions_app.models import Tenant
-from dispatch.completions import completion_hub, completion_sweeper
 from training_app.models import Operation
 from tuft_project.asgi_handler import hot_async_view
 from tuft_project.exceptions import error_body
@@ -106,7 +107,7 @@ async def retrieve_future(request: HttpRequest) -> HttpResponse:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + float(settings.TUFT_LONG_POLL_S)
     completion_sweeper.ensure_running(float(settings.TUFT_LONG_POLL_SWEEP_S))
-    with completion_hub.subscribe(body.request_id) as finished:
+    with completion_hub.subscribe(body.request_id) as finished, LONG_POLLS.track_inprogress():
         while True:
             # Read again once subscribed: a completion that landed since the first
             # read wakes nobody, but this read sees it.

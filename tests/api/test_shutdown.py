@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -16,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.api.test_long_poll import new_run, optim_step
@@ -75,7 +77,16 @@ def start_polling(server: LiveServer, key: str, request_id: str) -> tuple[thread
 
     thread = threading.Thread(target=read)
     thread.start()
+    # Sent is not yet waiting: a SIGTERM before the server has taken the poll in would find
+    # nothing to answer. The server's own gauge says when it waits (bounded, not timed).
+    wait_until(lambda: long_polls_waiting(server) >= 1, 120, "the server to hold the poll")
     return thread, answers
+
+
+def long_polls_waiting(server: LiveServer) -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    match = re.search(r"^tuft_long_polls_waiting (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
 
 
 def stop_gracefully(server: LiveServer, timeout: float) -> int:
