@@ -90,6 +90,8 @@ class ModelHost:
                 self.peft = get_peft_model(self.base, config, adapter_name=name)
             else:
                 self.peft.add_adapter(name, config)
+                if self.peft.active_adapter not in self.peft.peft_config:  # a deleted one (remove_adapter)
+                    self.peft.set_adapter(name)
         # peft creates adapter weights in the base dtype; train them in fp32.
         for p in self.adapter_parameters(name).values():
             p.data = p.data.float()
@@ -111,20 +113,19 @@ class ModelHost:
             if self.has_adapter(name):
                 assert self.peft is not None
                 self.peft.delete_adapter(name)
-                if not self.peft.peft_config:
-                    # peft keeps the deleted adapter as the active one when it was the
-                    # last: every later forward (a sample of the base model on another
-                    # lane) then fails with KeyError. Without adapters, go back to the
-                    # plain base model; the next add_adapter wraps it again.
-                    self.base = self.peft.unload()
-                    self.peft = None
+                # NOTE(peft): peft keeps a deleted adapter as the active one when it was
+                # the last, and PeftModel.forward then fails with KeyError. Unwrapping the
+                # model instead (unload()) changed the base model's logits here (tied
+                # lm_head), so the wrapper stays; see use() and add_adapter().
 
     @contextmanager
     def use(self, adapter: str | None) -> Iterator[torch.nn.Module]:
         """Hold the model lock with ``adapter`` active (None = the plain base model)."""
         with self.lock:
             if adapter is None:
-                if self.peft is None:
+                if self.peft is None or not self.peft.peft_config:
+                    # No adapter left: the LoRA layers peft injected skip adapters they
+                    # don't hold, so the wrapped model is the plain base model.
                     yield self.base
                 else:
                     with self.peft.disable_adapter():

@@ -77,6 +77,8 @@ class SamplerAdapterCache:
                     host.peft = PeftModel.from_pretrained(host.base, str(directory), adapter_name=name)
                 else:
                     host.peft.load_adapter(str(directory), adapter_name=name)
+                    if host.peft.active_adapter not in host.peft.peft_config:  # a deleted one
+                        host.peft.set_adapter(name)
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
                 host.remove_adapter(name)
                 raise UserInputError(f"cannot load checkpoint {directory.name!r} as an adapter: {exc}") from None
@@ -214,7 +216,7 @@ class HFSampler:
     def _model_and_names(self, names: list[str]) -> tuple[torch.nn.Module, dict[str, Any]]:
         """The module to call and the per-row adapter argument (host lock held)."""
         host = self.host
-        if host.peft is None:
+        if host.peft is None or not host.peft.peft_config:  # no adapter loaded (ModelHost.remove_adapter)
             return host.base, {}
         if host.peft.training:
             # peft refuses per-row adapter names in training mode; with dropout 0

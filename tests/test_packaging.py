@@ -93,7 +93,9 @@ def test_wheel_has_the_command_the_extras_and_every_package(wheel: Path) -> None
 
 def test_installed_wheel_renders_the_dashboard_outside_a_checkout(wheel: Path, tmp_path: Path) -> None:
     prefix = tmp_path / "prefix"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(prefix), str(wheel)],
+    # --ignore-installed: without it pip uninstalls this environment's own (editable) tuft first.
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed",
+                    "--prefix", str(prefix), str(wheel)],
                    check=True, capture_output=True, timeout=300)
     site = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     code = """
