@@ -183,18 +183,11 @@ class EngineExecutor:
             close_old_connections()
 
     def _run(self, op: Operation) -> None:
-        guard = self.hooks.guard
-        try:
+        def produce() -> Outcome:
             self.hooks.prepare(self.engine, op)
-            outcome = HANDLERS[op.kind](self.engine, op)
-            failpoint(op)
-            self.hooks.persist(self.engine, op)
-        except OutcomeRejected:
-            raise
-        except Exception as exc:
-            self._record_failure(op, exc)
-        else:
-            _finish(op, outcome=outcome, guard=guard)
+            return HANDLERS[op.kind](self.engine, op)
+
+        self._record(op, produce)
 
     def _record_failure(self, op: Operation, exc: Exception) -> None:
         """Fail ``op`` with what ``exc`` says: whose fault, and why."""
@@ -269,10 +262,17 @@ class EngineExecutor:
             self._settle(op, lambda: self._complete_batched(handler, op, context, result))
 
     def _complete_batched(self, handler: BatchHandler, op: Operation, context: Any, result: Any) -> None:
-        try:
+        def produce() -> Outcome:
             if isinstance(result, Exception):
                 raise result
-            outcome = handler.finish(op, context, result)
+            return handler.finish(op, context, result)
+
+        self._record(op, produce)
+
+    def _record(self, op: Operation, produce: Callable[[], Outcome]) -> None:
+        """Record ``produce()``'s outcome (after persisting the run's state), or the error it raised."""
+        try:
+            outcome = produce()
             failpoint(op)
             self.hooks.persist(self.engine, op)
         except OutcomeRejected:
