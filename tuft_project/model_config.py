@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from engine.sampler import SAMPLER_KINDS, VLLM_INSTALL_HINT, vllm_installed
+from engine.sampler import SAMPLER_KINDS, VLLM_INSTALL_HINT, VLLM_PLUGIN_HINT, tuft_vllm_plugin_active, vllm_installed
 from engine.types import BaseModelSpec
 
 # The sampler of a model whose entry has no ``sampler:`` key. The test suite sets
@@ -165,6 +165,9 @@ def _check_sampler(where: str, spec: BaseModelSpec) -> None:
         raise ConfigError(f"{where}: gpu_memory_utilization must be in (0, 1]")
     if spec.sampler == "vllm" and not vllm_installed():
         raise ConfigError(f"{where}: sampler: vllm but vLLM is not installed; {VLLM_INSTALL_HINT}")
+    if spec.sampler == "vllm" and not tuft_vllm_plugin_active():
+        # Checked on GPUs too (where the plugin changes nothing): the device is not known yet.
+        raise ConfigError(f"{where}: sampler: vllm but {VLLM_PLUGIN_HINT}")
 
 
 def load_config(path: str | Path) -> TuftConfig:
