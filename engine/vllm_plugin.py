@@ -35,6 +35,10 @@ ENTRY_POINT = "tuft_cpu_lora_rows"
 
 def register() -> None:
     """Called by vLLM in each of its processes (several times is harmless)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return  # GPU kernels skip rows without an adapter; these ops are not used there
     from vllm.lora.ops import torch_ops
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
