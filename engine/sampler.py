@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 from engine.types import BaseModelSpec, EngineError, SampleRequest, SampleResult
+from engine.vllm_plugin import ENTRY_POINT
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +71,6 @@ def tuft_vllm_plugin_active() -> bool:
     checkout that was never installed (``pip install -e .``) lacks it, and
     ``VLLM_PLUGINS``, when set, is vLLM's allowlist of plugin names.
     """
-    from engine.vllm_plugin import ENTRY_POINT
-
     if not any(e.name == ENTRY_POINT for e in entry_points(group="vllm.general_plugins")):
         return False
     allowed = os.environ.get("VLLM_PLUGINS")

@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tuft: error: {exc}", file=sys.stderr)
         return 2
 
+    # The project's modules below read django.conf.settings: imported after django.setup().
     from tuft_project.home_lock import HomeLocked, lock_home
     from tuft_project.secret_key import key_is_weak
 
