@@ -99,3 +99,16 @@ def _add_lora_terms(module: LoraLinear, args: tuple[torch.Tensor, ...], output: 
         term = lora_b(lora_a(rows_x.to(lora_a.weight.dtype))) * module.scaling[name]
         pieces.append(base + term.to(output.dtype))
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)  # one segment: no copy
+
+
+def linear_through_adapter(module: torch.nn.Module, x: torch.Tensor, adapter: str) -> torch.Tensor:
+    """``module`` applied to rows ``x`` [..., in], all through ``adapter``, outside ``rows_through_adapters``.
+
+    The frozen base layer plus the adapter's LoRA term, as the forward hook
+    computes it; peft's own forward is not called (it would add whichever
+    adapter is active). A layer that is not LoRA-wrapped is just called.
+    """
+    if not isinstance(module, LoraLayer):
+        return module(x)
+    base = module.base_layer(x)
+    return _add_lora_terms(module, (x,), base, segments=[(adapter, 0, x.shape[0])])  # type: ignore[arg-type]
