@@ -166,10 +166,13 @@ class TrainingEngine:
         """One forward (and at most one backward) over the rows of ``items``, all on one base model.
 
         Every row goes through its own run's adapter (multi_lora.py). Each
-        request's loss is computed on its own rows; the losses of the requests
-        that train are summed and differentiated once, with respect to exactly
+        request's loss is computed on its own rows; the gradients are those of
+        the summed losses of the requests that train, with respect to exactly
         those runs' parameters, so forward-only rows and failed requests never
         give anyone a gradient (not even a zero one, which AdamW would step on).
+        The decoder runs once over all rows, forward and backward; on Qwen and
+        Llama models the unembedding and loss run request by request
+        (``_pass_unembedding_per_request``).
         """
         host = items[0].run.host
         training = {it.run.adapter for it in items if not it.spec.forward_only}
@@ -184,15 +187,11 @@ class TrainingEngine:
             for adapter, adapter_params in params.items():
                 for p in adapter_params:
                     p.requires_grad_(adapter in training)
-            with torch.set_grad_enabled(bool(training)):
-                per_request = _forward_rows(model, rows)
-                scored = [_score_or_error(it, own_logits) for it, own_logits in zip(items, per_request)]
-                trained = [(it, s) for it, s in zip(items, scored)
-                           if not it.spec.forward_only and not isinstance(s, EngineError)]
-                if trained:
-                    total = torch.stack([s[0].loss for _, s in trained]).sum()  # type: ignore[index]
-                    trained_adapters = {it.run.adapter for it, _ in trained}
-                    total.backward(inputs=[p for adapter in trained_adapters for p in params[adapter]])
+            causal_lm = model.get_base_model()
+            if _plain_unembedding(causal_lm):
+                scored = _pass_unembedding_per_request(model, causal_lm, rows, items, params)
+            else:
+                scored = _pass_whole_model(model, rows, items, params)
             return [s if isinstance(s, EngineError) else _result(it.batch, s[1], s[0])
                     for it, s in zip(items, scored)]
 
@@ -398,38 +397,92 @@ def _result(batch: "_Batch", logprobs: torch.Tensor, out: losses.LossOutput) -> 
     return ForwardBackwardResult(outputs=outputs, metrics=metrics)
 
 
-def _forward_rows(model: PeftModel, rows: batching.RowBatch) -> list[torch.Tensor]:
-    """Each request's logits ``[B_i, T, V]``, every row through its own adapter (caller holds the host lock).
+_Scored = tuple[losses.LossOutput, torch.Tensor] | EngineError
 
-    NOTE(batch): the decoder runs once over all rows, the unembedding once per
-    request. The logits are the largest tensors of a pass (rows x T x vocab:
-    32 MB for 8 x 128 tokens of an 8k vocabulary); made for all rows at once,
-    they and their gradient (log_softmax backward, the join of the per-adapter
-    pieces) fall out of the CPU caches, and the batched pass measured 15-40%
-    slower than the same requests one by one. Per request they stay as small
-    as in a lone pass; the decoder, where batching pays, still runs once.
-    """
-    # peft refuses adapter_names (multi_lora passes them) in training mode; with
-    # LoRA dropout 0 and the base already in eval mode, eval() changes nothing else.
-    # (eval() walks every module: only when needed.)
-    if model.training:
-        model.eval()
-    sizes = [s.stop - s.start for s in rows.row_slices]
-    causal_lm = model.get_base_model()
-    if not _plain_unembedding(causal_lm):
+
+def _pass_whole_model(model: PeftModel, rows: batching.RowBatch, items: list["_Prepared"],
+                      params: dict[str, list[torch.nn.Parameter]]) -> list[_Scored]:
+    """The pass for any causal LM: all rows' logits at once, one backward of the summed losses."""
+    training = any(not it.spec.forward_only for it in items)
+    _eval_mode(model)
+    with torch.set_grad_enabled(training):
         with multi_lora.rows_through_adapters(model, rows.adapter_names) as peft_rows:
             logits = model(input_ids=rows.input_ids, attention_mask=rows.attention_mask,
                            adapter_names=peft_rows).logits
-        return list(logits.split(sizes))  # split: its backward joins the gradients once
-    with multi_lora.rows_through_adapters(model, rows.adapter_names) as peft_rows:
+        # NOTE(batch): split, not index: the backward of a split concatenates the
+        # requests' gradients once, where each slice's backward would fill a
+        # zero tensor the size of all the logits.
+        per_request = logits.split([s.stop - s.start for s in rows.row_slices])
+        scored = [_score_or_error(it, own) for it, own in zip(items, per_request)]
+        trained = [(it, s) for it, s in zip(items, scored)
+                   if not it.spec.forward_only and not isinstance(s, EngineError)]
+        if trained:
+            total = torch.stack([s[0].loss for _, s in trained]).sum()  # type: ignore[index]
+            adapters = {it.run.adapter for it, _ in trained}
+            total.backward(inputs=[p for adapter in adapters for p in params[adapter]])
+    return scored
+
+
+def _pass_unembedding_per_request(model: PeftModel, causal_lm: torch.nn.Module, rows: batching.RowBatch,
+                                  items: list["_Prepared"],
+                                  params: dict[str, list[torch.nn.Parameter]]) -> list[_Scored]:
+    """The pass for a model whose logits are ``lm_head(last hidden state)``: the decoder once over
+    all rows, then each request's unembedding, loss and their backward, one request at a time.
+
+    NOTE(batch): the logits are the largest tensors of a pass (rows x T x vocab:
+    32 MB for 8 x 128 tokens of an 8k vocabulary, 5 GB for 8192 tokens of Qwen's
+    152k). Made for all rows at once, they and their gradient (log_softmax
+    backward, the join of per-adapter pieces) fall out of the CPU caches and
+    the batched pass was slower than the requests one by one. Here one
+    request's logits exist at a time, as in a lone pass: the unembedding and
+    the loss are differentiated right away down to the request's own hidden
+    states (a leaf cut from the decoder's output), and one backward through the
+    decoder then takes all the requests' hidden-state gradients at once. The
+    gradients are those of the summed losses (each request's loss depends on
+    its own rows only), so they equal one pass per request.
+    """
+    training = any(not it.spec.forward_only for it in items)
+    _eval_mode(model)
+    with torch.set_grad_enabled(training), multi_lora.rows_through_adapters(model, rows.adapter_names) as peft_rows:
         # PeftModel.forward's own hook set-up, around the decoder alone: peft adds no adapter of its own.
         with model._enable_peft_forward_hooks(adapter_names=peft_rows):
             hidden = causal_lm.get_decoder()(input_ids=rows.input_ids, attention_mask=rows.attention_mask,
                                              use_cache=False).last_hidden_state
     unembed = causal_lm.get_output_embeddings()
-    adapters = [rows.adapter_names[s.start] for s in rows.row_slices]
-    return [multi_lora.linear_through_adapter(unembed, own, adapter)
-            for own, adapter in zip(hidden.split(sizes), adapters)]
+    scored: list[_Scored] = []
+    pieces: list[torch.Tensor] = []  # the decoder outputs of the requests that train
+    piece_grads: list[torch.Tensor] = []
+    trained_adapters: set[str] = set()
+    for item, piece in zip(items, hidden.split([s.stop - s.start for s in rows.row_slices])):
+        trains = not item.spec.forward_only
+        own = piece.detach().requires_grad_(trains and piece.requires_grad)
+        with torch.set_grad_enabled(trains):
+            logits = multi_lora.linear_through_adapter(unembed, own, item.run.adapter)
+            outcome = _score_or_error(item, logits)
+            if trains and not isinstance(outcome, EngineError):
+                trained_adapters.add(item.run.adapter)
+                if outcome[0].loss.requires_grad:
+                    # The unembedding's own LoRA parameters get their gradient here,
+                    # the decoder's below (each input list's others are not reached).
+                    outcome[0].loss.backward(inputs=[*([own] if own.requires_grad else []),
+                                                     *params[item.run.adapter]])
+                if own.grad is not None:
+                    pieces.append(piece)
+                    piece_grads.append(own.grad)
+        del logits  # before the next request's: one request's logits at a time
+        scored.append(outcome)
+    if pieces:
+        torch.autograd.backward(pieces, piece_grads,
+                                inputs=[p for adapter in trained_adapters for p in params[adapter]])
+    return scored
+
+
+def _eval_mode(model: PeftModel) -> None:
+    # peft refuses adapter_names (multi_lora passes them) in training mode; with
+    # LoRA dropout 0 and the base already in eval mode, eval() changes nothing else.
+    # (eval() walks every module: only when needed.)
+    if model.training:
+        model.eval()
 
 
 def _plain_unembedding(causal_lm: torch.nn.Module) -> bool:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine import training
 from engine.batching import split_by_token_budget
 from engine.runtime import Engine
 from engine.types import (
@@ -187,6 +188,46 @@ def test_batched_pass_equals_one_at_a_time(pair: tuple[Engine, Engine], n_runs: 
     # The runs really trained, and differently: every adapter moved away from its start.
     assert all(any(float(p.detach().abs().max()) > 0 for n, p in _params(batched, r).items() if "lora_B" in n)
                for r in runs)
+
+
+@pytest.mark.parametrize("n_runs", [2, 8])
+def test_whole_model_pass_equals_one_at_a_time(pair: tuple[Engine, Engine], n_runs: int,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Models other than Qwen and Llama take the plain pass (all logits at once): same results."""
+    monkeypatch.setattr(training, "_plain_unembedding", lambda causal_lm: False)
+    ref, batched = pair
+    runs = _create(pair, n_runs)
+    for step in range(2):
+        specs = [_spec(ref, run, LOSSES[i], lengths=[4 + 5 * i, 9], seed=10 * step + i)
+                 for i, run in enumerate(runs)]
+        want = [ref.forward_backward([spec])[0] for spec in specs]
+        got = batched.forward_backward_many(specs)
+        for g, w in zip(got, want):
+            _assert_same_result(g, w)
+        for run in runs:
+            _assert_same_grads(batched, ref, run)
+            _copy_grads(batched, ref, run)
+            for engine in pair:
+                engine.optim_step(run, ADAM)
+
+
+def test_one_request_logits_at_a_time(pair: tuple[Engine, Engine]) -> None:
+    """The batched pass makes each request's logits alone (a lone pass's size), never all rows' at once."""
+    _, batched = pair
+    runs = _create((batched,), 8)
+    shapes: list[tuple[int, ...]] = []
+    host = batched.host(MODEL)
+    vocab = host.vocab_size
+    lm_head = host.base.get_output_embeddings()
+    lm_head = getattr(lm_head, "base_layer", lm_head)  # the frozen matmul, under peft's LoRA wrapper
+    handle = lm_head.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
+    try:
+        specs = [_spec(batched, run, "cross_entropy", [16, 7], seed=i) for i, run in enumerate(runs)]
+        outcomes = batched.forward_backward_many(specs)
+    finally:
+        handle.remove()
+    assert all(isinstance(o, ForwardBackwardResult) for o in outcomes)
+    assert shapes == [(2, 16, vocab)] * 8
 
 
 def test_one_pass_for_all_runs(pair: tuple[Engine, Engine]) -> None:
