@@ -20,10 +20,12 @@ import torch
 logger = logging.getLogger(__name__)
 
 # NOTE(batch): the padded size (rows x longest row) of one pass. 8192 tokens is
-# 64 requests of 128 tokens or 2 of 4096; the logits of one pass are
-# budget x vocab floats (8192 x 152k fp32 = 5 GB for a Qwen vocabulary), so a
-# larger budget needs the memory for it. A single request above the budget
-# still runs, alone in its pass: admission bounds request sizes, not this.
+# 64 requests of 128 tokens or 2 of 4096; the decoder's activations scale with
+# it, so a larger budget needs the memory for them. The logits (tokens x vocab
+# floats, 5 GB for 8192 tokens of a Qwen vocabulary) are made one request at a
+# time on Qwen and Llama models (training.py), all at once on others. A single
+# request above the budget still runs, alone in its pass: admission bounds
+# request sizes, not this.
 DEFAULT_MAX_BATCH_TOKENS = 8192
 
 
