@@ -282,8 +282,8 @@ def test_group(nodeid: str) -> str:
     """The vLLM group for a test of a vllm module or with a `vllm` parameter, else its module.
 
     By node id, as the scheduler only sees those: the tests of the `vllm` mark are named so
-    (``test_vllm_*.py`` or ``[vllm]``). A vLLM test named otherwise would still pass, on its
-    module's worker, at the cost of a second vLLM server.
+    (``test_vllm_*.py`` or ``[vllm]``); tests/test_suite_grouping.py fails for one named otherwise,
+    which would start a second vLLM server on the other worker.
     """
     module, _, name = nodeid.partition("::")
     params = name.partition("[")[2].rstrip("]").split("-")
