@@ -7,4 +7,4 @@ bash scripts/install.sh
 # Two pytest-xdist workers: most tests wait on subprocesses, so the two overlap. Each module, and
 # all the vLLM tests together, run on one worker, longest first (tests/conftest.py).
 # `bash scripts/test.sh -n 0` runs everything in this one process instead.
-exec python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder "$@"
+exec python -m pytest -q -n 2 --dist loadgroup "$@"

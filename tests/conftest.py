@@ -299,8 +299,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
         return None
     from xdist.scheduler import LoadScopeScheduling
 
+    config.option.loadscopereorder = False  # keep the order of the hook below, longest first
+
     class GroupScheduling(LoadScopeScheduling):
-        """Whole groups to a worker, in the order of the collection (see --no-loadscope-reorder)."""
+        """Whole groups to a worker, in the order of the collection."""
 
         def _split_scope(self, nodeid: str) -> str:
             return test_group(nodeid)
