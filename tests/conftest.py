@@ -252,3 +252,66 @@ def service_client(server: LiveServer) -> Iterator["object"]:
 
     client = tinker.ServiceClient(base_url=server.url, api_key=server.keys["alice"])
     yield client
+
+
+# -- running the suite on two pytest-xdist workers (scripts/test.sh: -n 2 --dist loadgroup) ----------
+# Most of the suite waits on subprocesses (servers, RQ workers, lease expiry), so two workers
+# overlap those waits. Each module stays on one worker, in order: its module-scoped servers and
+# clusters start once and its tests may build on each other. The vLLM tests all go to one worker
+# so that the shared vLLM server starts once. (xdist's own `xdist_group` marks do nothing with
+# pytest 9: xdist renames items through an attribute pytest no longer reads. So the groups are
+# told apart by node id, with the scheduler below.)
+VLLM_GROUP = "vllm"
+# The groups that take longest go out first, so that no long one is left for the end while the
+# other worker idles (from the durations of a whole serial run; the others are shorter).
+LONG_GROUPS_FIRST = (
+    VLLM_GROUP,
+    "tests/distributed/test_distributed.py",
+    "tests/api/test_fuzz.py",
+    "tests/distributed/test_worker_shutdown.py",
+    "tests/distributed/test_worker_sampling.py",
+    "tests/distributed/test_batching.py",
+    "tests/distributed/test_redis_restart.py",
+    "tests/api/test_rest.py",
+    "tests/browser/test_dashboard.py",
+    "tests/api/test_scheduling.py",
+)
+
+
+def test_group(nodeid: str) -> str:
+    """The vLLM group for a test of a vllm module or with a `vllm` parameter, else its module.
+
+    By node id, as the scheduler only sees those: the tests of the `vllm` mark are named so
+    (``test_vllm_*.py`` or ``[vllm]``); tests/test_suite_grouping.py fails for one named otherwise,
+    which would start a second vLLM server on the other worker.
+    """
+    module, _, name = nodeid.partition("::")
+    params = name.partition("[")[2].rstrip("]").split("-")
+    return VLLM_GROUP if "vllm" in module.rpartition("/")[2] or VLLM_GROUP in params else module
+
+
+test_group.__test__ = False  # a helper, not a test
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: ignored without it
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # keep the order of the hook below, longest first
+
+    class GroupScheduling(LoadScopeScheduling):
+        """Whole groups to a worker, in the order of the collection."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return test_group(nodeid)
+
+    return GroupScheduling(config, log)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own ordering (by fixture), kept within each group
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if getattr(config.option, "loadgroup", False):  # set in an xdist worker under --dist loadgroup
+        rank = {group: i for i, group in enumerate(LONG_GROUPS_FIRST)}
+        items.sort(key=lambda item: rank.get(test_group(item.nodeid), len(rank)))
