@@ -278,7 +278,7 @@ LONG_GROUPS_FIRST = (
 )
 
 
-def test_group(nodeid: str) -> str:
+def suite_group(nodeid: str) -> str:
     """The vLLM group for a test of a vllm module or with a `vllm` parameter, else its module.
 
     By node id, as the scheduler only sees those: the tests of the `vllm` mark are named so
@@ -288,9 +288,6 @@ def test_group(nodeid: str) -> str:
     module, _, name = nodeid.partition("::")
     params = name.partition("[")[2].rstrip("]").split("-")
     return VLLM_GROUP if "vllm" in module.rpartition("/")[2] or VLLM_GROUP in params else module
-
-
-test_group.__test__ = False  # a helper, not a test
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: ignored without it
@@ -305,7 +302,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
         """Whole groups to a worker, in the order of the collection."""
 
         def _split_scope(self, nodeid: str) -> str:
-            return test_group(nodeid)
+            return suite_group(nodeid)
 
     return GroupScheduling(config, log)
 
@@ -314,4 +311,4 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if getattr(config.option, "loadgroup", False):  # set in an xdist worker under --dist loadgroup
         rank = {group: i for i, group in enumerate(LONG_GROUPS_FIRST)}
-        items.sort(key=lambda item: rank.get(test_group(item.nodeid), len(rank)))
+        items.sort(key=lambda item: rank.get(suite_group(item.nodeid), len(rank)))

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import VLLM_GROUP, test_group
+from tests.conftest import VLLM_GROUP, suite_group
 
 
 def test_every_vllm_test_is_scheduled_with_the_others(request: pytest.FixtureRequest) -> None:
     vllm = [item.nodeid for item in request.session.items if item.get_closest_marker("vllm")]
-    misplaced = [nodeid for nodeid in vllm if test_group(nodeid) != VLLM_GROUP]
+    misplaced = [nodeid for nodeid in vllm if suite_group(nodeid) != VLLM_GROUP]
     assert not misplaced, "name them test_vllm_*.py or give them a `vllm` parameter"
 
 
 def test_groups_are_modules_except_vllm() -> None:
-    assert test_group("tests/api/test_sampling.py::test_every_sampling_param[vllm]") == VLLM_GROUP
-    assert test_group("tests/api/test_vllm_sampling.py::test_eight_adapters") == VLLM_GROUP
-    assert test_group("tests/api/test_sampling.py::test_every_sampling_param[hf]") == "tests/api/test_sampling.py"
-    assert test_group("tests/api/test_fuzz.py::test_fuzz_every_route[postgresql]") == "tests/api/test_fuzz.py"
+    assert suite_group("tests/api/test_sampling.py::test_every_sampling_param[vllm]") == VLLM_GROUP
+    assert suite_group("tests/api/test_vllm_sampling.py::test_eight_adapters") == VLLM_GROUP
+    assert suite_group("tests/api/test_sampling.py::test_every_sampling_param[hf]") == "tests/api/test_sampling.py"
+    assert suite_group("tests/api/test_fuzz.py::test_fuzz_every_route[postgresql]") == "tests/api/test_fuzz.py"
