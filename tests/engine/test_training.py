@@ -101,6 +101,33 @@ def test_checkpoint_roundtrip_is_exact(engine: Engine, tmp_path: Path) -> None:
     assert _fb(engine, "copy", forward_only=True) == pytest.approx(expected, abs=1e-6)
 
 
+def test_a_runs_parameters_stay_its_adapters_as_others_come_and_go(engine: Engine, tmp_path: Path) -> None:
+    """``RunState.params`` is looked up once; it must keep naming the model's live adapter
+    weights (the ones forward uses and the optimizer steps) through other runs' creation,
+    release and checkpoint loads."""
+    engine.create_run("r", MODEL, LoraSpec(rank=4, seed=0))
+    engine.create_run("other", MODEL, LoraSpec(rank=8, seed=1, train_mlp=False))
+    _fb(engine, "other")
+    engine.optim_step("other", AdamSpec(learning_rate=1e-2))
+    engine.save("other", tmp_path / "ckpt", with_optimizer=True)
+    engine.release_run("other")
+    engine.load("copy", MODEL, tmp_path / "ckpt", with_optimizer=True)
+    engine.load("r", MODEL, _saved(engine, "r", tmp_path / "r-ckpt"), with_optimizer=True)
+    for run in ("r", "copy"):
+        state = engine.training.runs[run]
+        live = list(state.host.adapter_parameters(state.adapter).values())
+        assert len(state.params) == len(live) and all(a is b for a, b in zip(state.params, live)), run
+    before = _weights(engine, "r")
+    _fb(engine, "r")
+    engine.optim_step("r", AdamSpec(learning_rate=5e-2))
+    assert any(not torch.equal(v, before[k]) for k, v in _weights(engine, "r").items())
+
+
+def _saved(engine: Engine, run: str, directory: Path) -> Path:
+    engine.save(run, directory, with_optimizer=True)
+    return directory
+
+
 def test_failed_checkpoint_write_leaves_nothing(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine.create_run("r", MODEL, LoraSpec(rank=2))
 
