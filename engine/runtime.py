@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Callable
 
 from engine.batching import DEFAULT_MAX_BATCH_TOKENS
 from engine.model_host import ModelHost
@@ -34,10 +35,15 @@ logger = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, models: list[BaseModelSpec], max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> None:
+    def __init__(self, models: list[BaseModelSpec], max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+                 on_loaded: Callable[[str], None] | None = None) -> None:
         """``max_batch_tokens``: padded tokens (rows x longest row) of one batched
-        training pass in ``forward_backward_many`` (default 8192, see batching.py)."""
+        training pass in ``forward_backward_many`` (default 8192, see batching.py).
+        ``on_loaded(what)``: called after each base model or sampler is loaded (the
+        server freezes the garbage collector's long-lived objects then,
+        tuft_project.gc_freeze)."""
         self.specs = {m.model_name: m for m in models}
+        self._on_loaded = on_loaded or (lambda what: None)
         self._hosts: dict[str, ModelHost] = {}
         self._samplers: dict[str, Sampler] = {}
         self._load_lock = threading.Lock()
@@ -55,6 +61,7 @@ class Engine:
                         f"unknown base model {model_name!r}; supported: {', '.join(sorted(self.specs))}"
                     )
                 self._hosts[model_name] = ModelHost(self.specs[model_name])
+                self._on_loaded(f"loading base model {model_name}")
                 if self.specs[model_name].sampler != "hf":
                     # A vLLM engine takes minutes to start: begin now, beside training,
                     # rather than on the first sample.
@@ -86,6 +93,7 @@ class Engine:
                 else:
                     self._samplers[model_name] = HFSampler(host)
                 logger.info("model %s samples with the %s back end", model_name, kind)
+                self._on_loaded(f"starting the {kind} sampler of {model_name}")
             return self._samplers[model_name]
 
     def close(self) -> None:
