@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Callable
 
 from engine.batching import DEFAULT_MAX_BATCH_TOKENS
 from engine.model_host import ModelHost
@@ -34,10 +35,21 @@ logger = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, models: list[BaseModelSpec], max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> None:
+    def __init__(self, models: list[BaseModelSpec], max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+                 on_loaded: Callable[[str], None] | None = None) -> None:
         """``max_batch_tokens``: padded tokens (rows x longest row) of one batched
-        training pass in ``forward_backward_many`` (default 8192, see batching.py)."""
+        training pass in ``forward_backward_many`` (default 8192, see batching.py).
+        ``on_loaded(what)``: called after each base model or sampler is loaded, and
+        whenever the runs created have grown by a quarter (from 16 on): then many
+        objects that live long were just made (the server freezes the garbage
+        collector's long-lived objects, tuft_project.gc_freeze)."""
         self.specs = {m.model_name: m for m in models}
+        self._on_loaded = on_loaded or (lambda what: None)
+        # An adapter is ~45 modules, ~1,000 objects for the collector to walk on each
+        # full pass until frozen; a geometric schedule keeps the reports (each a full
+        # collection and a freeze in the server) few: 20 by 1,000 runs.
+        self._runs_created = 0
+        self._next_runs_report = 16
         self._hosts: dict[str, ModelHost] = {}
         self._samplers: dict[str, Sampler] = {}
         self._load_lock = threading.Lock()
@@ -55,6 +67,7 @@ class Engine:
                         f"unknown base model {model_name!r}; supported: {', '.join(sorted(self.specs))}"
                     )
                 self._hosts[model_name] = ModelHost(self.specs[model_name])
+                self._on_loaded(f"loading base model {model_name}")
                 if self.specs[model_name].sampler != "hf":
                     # A vLLM engine takes minutes to start: begin now, beside training,
                     # rather than on the first sample.
@@ -86,6 +99,7 @@ class Engine:
                 else:
                     self._samplers[model_name] = HFSampler(host)
                 logger.info("model %s samples with the %s back end", model_name, kind)
+                self._on_loaded(f"starting the {kind} sampler of {model_name}")
             return self._samplers[model_name]
 
     def close(self) -> None:
@@ -99,7 +113,19 @@ class Engine:
 
     def create_run(self, run_id: str, model_name: str, lora: LoraSpec) -> None:
         self.host(model_name)
+        created = not self.training.has_run(run_id)
         self.training.create_run(run_id, model_name, lora)
+        if created:
+            self._run_created()
+
+    def _run_created(self) -> None:
+        with self._load_lock:
+            self._runs_created += 1
+            due = self._runs_created >= self._next_runs_report
+            if due:
+                self._next_runs_report = self._runs_created + self._runs_created // 4
+        if due:
+            self._on_loaded(f"creating {self._runs_created} training runs")
 
     def has_run(self, run_id: str) -> bool:
         return self.training.has_run(run_id)
@@ -139,7 +165,11 @@ class Engine:
 
     def load(self, run_id: str, model_name: str, directory: Path, with_optimizer: bool) -> LoraSpec:
         self.host(model_name)
-        return self.training.load(run_id, model_name, directory, with_optimizer)
+        created = not self.training.has_run(run_id)
+        lora = self.training.load(run_id, model_name, directory, with_optimizer)
+        if created:
+            self._run_created()
+        return lora
 
     # Sampling -------------------------------------------------------------
 

@@ -42,11 +42,13 @@ class RunState:
     adapter: str
     lora: LoraSpec
     optimizer: torch.optim.AdamW
+    # The adapter's parameters (the optimizer's), looked up once when the run is
+    # created: finding them walks every module of the shared model, which grows
+    # with each adapter attached, so a per-step walk cost O(runs) of pure Python
+    # (holding the GIL) per request, O(runs^2) per batched pass. Adding or
+    # deleting other adapters and loading weights never replace these objects.
+    params: list[torch.nn.Parameter]
     step: int = 0
-
-    @property
-    def params(self) -> list[torch.nn.Parameter]:
-        return list(self.host.adapter_parameters(self.adapter).values())
 
 
 def _adapter_name(run_id: str) -> str:
@@ -85,7 +87,7 @@ class TrainingEngine:
         host.add_adapter(adapter, lora)
         params = list(host.adapter_parameters(adapter).values())
         optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
-        self.runs[run_id] = RunState(run_id, host, adapter, lora, optimizer)
+        self.runs[run_id] = RunState(run_id, host, adapter, lora, optimizer, params)
         logger.info("created run %s on %s (rank %d)", run_id, model_name, lora.rank)
 
     def has_run(self, run_id: str) -> bool:
@@ -183,7 +185,7 @@ class TrainingEngine:
             # NOTE(batch): set_adapter (host.use) leaves only one adapter trainable;
             # here every training run's adapter must be, and forward-only runs'
             # adapters need no autograd graph at all.
-            params = {it.run.adapter: it.run.params for it in items}  # each walk visits the whole model
+            params = {it.run.adapter: it.run.params for it in items}
             for adapter, adapter_params in params.items():
                 for p in adapter_params:
                     p.requires_grad_(adapter in training)

@@ -9,12 +9,14 @@ import time
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections
+from django.urls import get_resolver
 
 from dispatch.registry import get_dispatcher
 from sessions_app.actions import do_expire_silent_sessions
 from training_app.checkpoint_deletion import remove_leftover_trash
 from training_app.recovery import do_delete_expired_checkpoints, recover_after_restart
 from training_app.retention import do_delete_old_operations
+from tuft_project import gc_freeze
 from tuft_project.home_lock import HomeLocked, lock_home
 from tuft_project.runtime import get_config
 
@@ -40,6 +42,8 @@ def on_server_start() -> None:
     remove_leftover_trash()
     get_dispatcher()
     threading.Thread(target=_housekeeping, name="tuft-housekeeping", daemon=True).start()
+    get_resolver().url_patterns  # imports every view now, so that their modules are frozen below
+    gc_freeze.enable()  # full GC passes stop walking start-up's objects (tuft_project.gc_freeze)
 
 
 def _housekeeping() -> None:

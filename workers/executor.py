@@ -33,6 +33,7 @@ from monitoring_app.log_context import bind_tenant, log_context
 from sessions_app.usage import record_operation_usage
 from training_app.models import Operation, TrainingRun
 from training_app.signals import operation_finished
+from tuft_project import gc_freeze
 from tuft_project.exceptions import ApiError
 from tuft_project.runtime import get_config
 
@@ -147,7 +148,7 @@ class EngineExecutor:
                 # process in distributed mode (and manage.py) never needs.
                 from engine.runtime import Engine
 
-                self._engine = Engine(get_config().models)
+                self._engine = Engine(get_config().models, on_loaded=gc_freeze.freeze_long_lived)
             return self._engine
 
     def execute(self, request_id: str) -> None:

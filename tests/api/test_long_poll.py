@@ -138,3 +138,15 @@ def test_a_revoked_key_stops_working_at_once_on_every_path(quiet_server: LiveSer
     assert post(quiet_server, "session_heartbeat", second, {"session_id": "sess-x", "type": "session_heartbeat"}
                 ).status_code == 401
     assert retrieve(quiet_server, key, done, timeout=20).status_code == 200  # the other key still works
+
+
+def test_the_server_freezes_its_long_lived_objects(quiet_server: LiveServer) -> None:
+    """Full GC passes, which stop every thread, skip start-up's and the model's objects
+    (tuft_project.gc_freeze): the server froze them after start-up and after the load."""
+    import re
+
+    new_run(quiet_server, quiet_server.keys["alice"])  # loads the base model, if no test did yet
+    counts = {what: int(n) for n, what in re.findall(r"gc: froze (\d+) long-lived objects after ([^(]+?) \(",
+                                                     quiet_server.log())}
+    assert counts.get("start-up", 0) > 100_000, counts
+    assert counts.get(f"loading base model {MODEL_NAME}", 0) > counts["start-up"], counts

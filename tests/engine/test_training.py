@@ -101,6 +101,33 @@ def test_checkpoint_roundtrip_is_exact(engine: Engine, tmp_path: Path) -> None:
     assert _fb(engine, "copy", forward_only=True) == pytest.approx(expected, abs=1e-6)
 
 
+def test_a_runs_parameters_stay_its_adapters_as_others_come_and_go(engine: Engine, tmp_path: Path) -> None:
+    """``RunState.params`` is looked up once; it must keep naming the model's live adapter
+    weights (the ones forward uses and the optimizer steps) through other runs' creation,
+    release and checkpoint loads."""
+    engine.create_run("r", MODEL, LoraSpec(rank=4, seed=0))
+    engine.create_run("other", MODEL, LoraSpec(rank=8, seed=1, train_mlp=False))
+    _fb(engine, "other")
+    engine.optim_step("other", AdamSpec(learning_rate=1e-2))
+    engine.save("other", tmp_path / "ckpt", with_optimizer=True)
+    engine.release_run("other")
+    engine.load("copy", MODEL, tmp_path / "ckpt", with_optimizer=True)
+    engine.load("r", MODEL, _saved(engine, "r", tmp_path / "r-ckpt"), with_optimizer=True)
+    for run in ("r", "copy"):
+        state = engine.training.runs[run]
+        live = list(state.host.adapter_parameters(state.adapter).values())
+        assert len(state.params) == len(live) and all(a is b for a, b in zip(state.params, live)), run
+    before = _weights(engine, "r")
+    _fb(engine, "r")
+    engine.optim_step("r", AdamSpec(learning_rate=5e-2))
+    assert any(not torch.equal(v, before[k]) for k, v in _weights(engine, "r").items())
+
+
+def _saved(engine: Engine, run: str, directory: Path) -> Path:
+    engine.save(run, directory, with_optimizer=True)
+    return directory
+
+
 def test_failed_checkpoint_write_leaves_nothing(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine.create_run("r", MODEL, LoraSpec(rank=2))
 
@@ -145,3 +172,40 @@ def test_forward_backward_many_isolates_a_bad_request(engine: Engine) -> None:
     assert not isinstance(outcomes[1], Exception)
     assert outcomes[1].metrics["loss:sum"] == pytest.approx(_fb(engine, "good", forward_only=True), abs=1e-6)
     assert isinstance(outcomes[2], Exception) and not getattr(outcomes[2], "user", True)
+
+
+def test_a_released_run_is_freed_without_the_garbage_collector(engine: Engine) -> None:
+    """The server freezes adapters (tuft_project.gc_freeze: full GC passes no longer
+    visit them), which is only free of leaks if a released run's adapter, gradients and
+    optimizer state are reclaimed by reference counting alone, i.e. sit in no cycle."""
+    import gc
+    import weakref
+
+    for run in ("a", "b"):
+        engine.create_run(run, MODEL, LoraSpec(rank=4, seed=0))
+    engine.forward_backward_many([ForwardBackwardSpec(run, DATA, "cross_entropy") for run in ("a", "b")])
+    engine.optim_step_many([(run, AdamSpec(learning_rate=1e-2)) for run in ("a", "b")])
+    state = engine.training.runs["a"]
+    params = [weakref.ref(p) for p in state.params]
+    moments = [weakref.ref(t) for s in state.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+    assert params and moments
+    del state
+    gc.collect()
+    gc.disable()
+    try:
+        engine.release_run("a")
+        assert all(r() is None for r in params + moments)
+    finally:
+        gc.enable()
+    assert _fb(engine, "b") > 0  # the other run is intact
+
+
+def test_the_engine_reports_its_long_lived_loads(tiny_model_dir: Path) -> None:
+    """What ``on_loaded`` hears (the server freezes the GC's long-lived objects then):
+    the base model, then runs on a geometric schedule, not one report per run."""
+    heard: list[str] = []
+    engine = Engine([BaseModelSpec(MODEL, str(tiny_model_dir), max_model_len=64)], on_loaded=heard.append)
+    for i in range(21):
+        engine.create_run(f"r{i}", MODEL, LoraSpec(rank=2, seed=i))
+    engine.create_run("r0", MODEL, LoraSpec(rank=2, seed=0))  # already there: not a new run
+    assert heard == [f"loading base model {MODEL}", "creating 16 training runs", "creating 20 training runs"]
