@@ -24,7 +24,11 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 
 
-@pytest.fixture(scope="session")
+# NOTE: module scope, not session: while Playwright's sync API is open it keeps an asyncio loop
+# running in this process's main thread, and every later test of the same pytest process that
+# calls asyncio.run() or sets up pytest-django's database fails ("cannot be called from a running
+# event loop", SynchronousOnlyOperation). Under pytest-xdist any module may follow this one.
+@pytest.fixture(scope="module")
 def browser() -> Iterator["object"]:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM}: install it with .ci/browser-deps.sh (apt-get install chromium)")
