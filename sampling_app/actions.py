@@ -100,14 +100,21 @@ def check_submit_sample(tenant: Tenant, sampler: SamplingSession, seq_id: int, r
     # Per-tenant back-pressure: 429 makes the SDK wait and resubmit this very
     # request (same seq_id), so nothing is dropped and one tenant's flood cannot
     # grow the queue without bound in front of everyone else's requests.
-    pending = Operation.objects.filter(
-        tenant=tenant, kind=Operation.Kind.SAMPLE, status__in=[Operation.Status.PENDING, Operation.Status.RUNNING]
-    ).count()
-    if pending >= settings.TUFT_MAX_PENDING_SAMPLES:
-        logger.info("tenant %s has %d sample requests pending: answering 429", tenant.name, pending)
-        raise RateLimited(f"{pending} sample requests already queued for this tenant; retry shortly", retry_after=1)
     try:
         with transaction.atomic():
+            # Count and insert as one step per tenant, or concurrent submissions (the API
+            # serves requests on several threads) all pass the count at once: the
+            # tenant's row lock on PostgreSQL; SQLite's IMMEDIATE transactions
+            # (settings.py) already serialize every writer.
+            list(Tenant.objects.select_for_update().filter(pk=tenant.pk).values_list("pk", flat=True))
+            pending = Operation.objects.filter(
+                tenant=tenant, kind=Operation.Kind.SAMPLE,
+                status__in=[Operation.Status.PENDING, Operation.Status.RUNNING],
+            ).count()
+            if pending >= settings.TUFT_MAX_PENDING_SAMPLES:
+                logger.info("tenant %s has %d sample requests pending: answering 429", tenant.name, pending)
+                raise RateLimited(f"{pending} sample requests already queued for this tenant; retry shortly",
+                                  retry_after=1)
             op = Operation.objects.create(
                 request_id=new_request_id(), tenant=tenant, kind=Operation.Kind.SAMPLE,
                 sampling_session=sampler, seq_id=seq_id, request=request,
