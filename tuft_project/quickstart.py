@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Imported after django.setup() (tuft_project.cli, manage.py quickstart): models may be imported here.
+from engine.tiny_model import build_tiny_model  # torch is imported only when a model is built
+from sessions_app.actions import do_create_api_key, do_create_tenant
+from sessions_app.authentication import tenant_for_key
+from sessions_app.models import Tenant
+
 DEFAULT_MODEL_NAME = "tuft/tiny-qwen3"
 
 
 def ensure_default_model_config(home: Path) -> Path:
-    from engine.tiny_model import build_tiny_model
-
     config = home / "models.yaml"
     if config.exists():
         return config
@@ -36,10 +40,6 @@ def ensure_default_model_config(home: Path) -> Path:
 
 def ensure_dev_key(key_file: Path) -> str:
     """The dev tenant's key, created once and kept in ``key_file`` (mode 600)."""
-    from sessions_app.actions import do_create_api_key, do_create_tenant
-    from sessions_app.authentication import tenant_for_key
-    from sessions_app.models import Tenant
-
     if key_file.exists():
         raw = key_file.read_text().strip()
         if tenant_for_key(raw) is not None:
