@@ -25,7 +25,7 @@ in no cycle: tests/engine/test_training.py); what may leak is the cyclic part
 of the few requests in flight at each freeze, a few hundred KB at most, and the
 freezes are few (20 by 1,000 runs).
 
-Only processes that call ``enable()`` (the server, at start-up) freeze: a test
+Only processes that call ``enable()`` (the server and ``manage.py tuft_worker``, at start-up) freeze: a test
 process or a ``manage.py`` command that loads an engine keeps the collector's
 default behaviour.
 """

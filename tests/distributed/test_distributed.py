@@ -65,6 +65,18 @@ def test_two_tenants_train_and_sample_through_two_workers(cluster: Cluster, refe
     assert results["alice:sample"] == results["bob:sample"]
 
 
+def test_workers_freeze_their_long_lived_objects(cluster: Cluster) -> None:
+    """A worker's full GC passes skip start-up's and the model's objects (tuft_project.gc_freeze),
+    as the server's do: a pass stops the worker's lease renewal along with its step."""
+    import re
+
+    new_run(client(cluster))  # a worker loads the base model, if no test did yet
+    logs = "".join(p.read_text(errors="replace") for p in sorted(cluster.home.glob("worker-*.log")))
+    froze = re.findall(r"gc: froze (\d+) long-lived objects after ([^(]+?) \(", logs)
+    assert any(what == "worker start-up" and int(n) > 100_000 for n, what in froze), froze
+    assert any(what.startswith("loading base model") for _, what in froze), froze
+
+
 def test_operators_see_queue_depth_and_worker_liveness(cluster: Cluster) -> None:
     status = cluster.queues()  # manage.py tuft_queues --json
     assert status["mode"] == "distributed" and status["persistence"] == "redis_url"

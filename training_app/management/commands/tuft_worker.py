@@ -25,6 +25,7 @@ from rq import worker_registration
 
 from dispatch import queues
 from dispatch.queues import get_backend
+from tuft_project import gc_freeze
 from workers.rq_worker import TuftWorker, current_runtime
 from workers.runtime import default_worker_name, exit_worker
 
@@ -56,6 +57,9 @@ class Command(BaseCommand):
             start_http_server(options["metrics_port"])
             logger.info("worker %s: metrics on port %d", runtime.name, options["metrics_port"])
         _wait_for_name(runtime)
+        # Full GC passes stop the whole worker, lease renewal included; keep them off
+        # start-up's objects and each loaded model's (tuft_project.gc_freeze).
+        gc_freeze.enable("worker start-up")
         # Like django-rq's rqworker: never carry connections opened before the loop.
         for conn in connections.all():
             conn.close()
