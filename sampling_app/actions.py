@@ -6,13 +6,13 @@ import logging
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from sampling_app.models import SamplingSession
 from sessions_app.models import ClientSession, Tenant
-from sessions_app.quotas import check_sampling_session_quota, check_token_budget
+from sessions_app.quotas import check_sampling_session_quota, check_token_budget, lock_tenant
 from training_app.actions import _enqueue_on_commit, access_readable_checkpoint, new_request_id
 from training_app.models import Checkpoint, Operation
 from tuft_project.exceptions import ApiError, NotFound, RateLimited
@@ -65,25 +65,32 @@ def check_create_sampling_session(
         base = base_model
     else:
         raise ApiError("create_sampling_session needs model_path or base_model")
-    check_sampling_session_quota(tenant)
-    try:
+    return _create_within_quota(tenant, session, seq_id, base, model_path or "", checkpoint)
+
+
+def check_create_sampling_session_for_checkpoint(session: ClientSession, seq_id: int,
+                                                 ckpt: Checkpoint) -> SamplingSession:
+    """The sampling session of save_weights_and_get_sampling_client (``training_app.handlers``)."""
+    return _create_within_quota(session.tenant, session, seq_id, ckpt.training_run.base_model, ckpt.tinker_path,
+                                ckpt)
+
+
+def _create_within_quota(tenant: Tenant, session: ClientSession, seq_id: int, base_model: str, model_path: str,
+                         checkpoint: Checkpoint | None) -> SamplingSession:
+    """Insert the sampler unless the tenant is at max_sampling_sessions; one with this id is returned as it is."""
+    sampler_id = f"{session.id}:sample:{seq_id}"
+    with transaction.atomic():
+        lock_tenant(tenant)  # count and insert as one step per tenant (see lock_tenant)
+        # Again under the lock: a resubmission that raced its first try gets that
+        # sampler, not a quota refusal (the sampler itself counts against it).
+        existing = SamplingSession.objects.filter(tenant=tenant, id=sampler_id).first()
+        if existing is not None:
+            return existing
+        check_sampling_session_quota(tenant)
         return SamplingSession.objects.create(
             id=sampler_id, tenant=tenant, session=session, sampling_session_seq_id=seq_id,
-            base_model=base, model_path=model_path or "", checkpoint=checkpoint,
+            base_model=base_model, model_path=model_path, checkpoint=checkpoint,
         )
-    except IntegrityError:
-        return SamplingSession.objects.get(id=sampler_id)
-
-
-def do_create_sampling_session_for_checkpoint(session: ClientSession, seq_id: int, ckpt: Checkpoint) -> SamplingSession:
-    sampler, _ = SamplingSession.objects.get_or_create(
-        id=f"{session.id}:sample:{seq_id}",
-        defaults=dict(
-            tenant_id=session.tenant_id, session=session, sampling_session_seq_id=seq_id,
-            base_model=ckpt.training_run.base_model, model_path=ckpt.tinker_path, checkpoint=ckpt,
-        ),
-    )
-    return sampler
 
 
 def check_submit_sample(tenant: Tenant, sampler: SamplingSession, seq_id: int, request: dict[str, Any],
@@ -100,26 +107,24 @@ def check_submit_sample(tenant: Tenant, sampler: SamplingSession, seq_id: int, r
     # Per-tenant back-pressure: 429 makes the SDK wait and resubmit this very
     # request (same seq_id), so nothing is dropped and one tenant's flood cannot
     # grow the queue without bound in front of everyone else's requests.
-    try:
-        with transaction.atomic():
-            # Count and insert as one step per tenant, or concurrent submissions (the API
-            # serves requests on several threads) all pass the count at once: the
-            # tenant's row lock on PostgreSQL; SQLite's IMMEDIATE transactions
-            # (settings.py) already serialize every writer.
-            list(Tenant.objects.select_for_update().filter(pk=tenant.pk).values_list("pk", flat=True))
-            pending = Operation.objects.filter(
-                tenant=tenant, kind=Operation.Kind.SAMPLE,
-                status__in=[Operation.Status.PENDING, Operation.Status.RUNNING],
-            ).count()
-            if pending >= settings.TUFT_MAX_PENDING_SAMPLES:
-                logger.info("tenant %s has %d sample requests pending: answering 429", tenant.name, pending)
-                raise RateLimited(f"{pending} sample requests already queued for this tenant; retry shortly",
-                                  retry_after=1)
-            op = Operation.objects.create(
-                request_id=new_request_id(), tenant=tenant, kind=Operation.Kind.SAMPLE,
-                sampling_session=sampler, seq_id=seq_id, request=request,
-            )
-            _enqueue_on_commit(op, None)
-    except IntegrityError:
-        return Operation.objects.get(sampling_session=sampler, seq_id=seq_id)
+    with transaction.atomic():
+        lock_tenant(tenant)  # count and insert as one step per tenant (see lock_tenant)
+        # Again under the lock: a resubmission that raced its first try gets that
+        # future, not a 429 (its own first try counts as pending).
+        existing = Operation.objects.filter(sampling_session=sampler, seq_id=seq_id).first()
+        if existing is not None:
+            return existing
+        pending = Operation.objects.filter(
+            tenant=tenant, kind=Operation.Kind.SAMPLE,
+            status__in=[Operation.Status.PENDING, Operation.Status.RUNNING],
+        ).count()
+        if pending >= settings.TUFT_MAX_PENDING_SAMPLES:
+            logger.info("tenant %s has %d sample requests pending: answering 429", tenant.name, pending)
+            raise RateLimited(f"{pending} sample requests already queued for this tenant; retry shortly",
+                              retry_after=1)
+        op = Operation.objects.create(
+            request_id=new_request_id(), tenant=tenant, kind=Operation.Kind.SAMPLE,
+            sampling_session=sampler, seq_id=seq_id, request=request,
+        )
+        _enqueue_on_commit(op, None)
     return op

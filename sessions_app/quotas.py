@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from django.db import transaction
+
 from sampling_app.models import SamplingSession
 from sessions_app.models import DefaultQuota, Quota, QuotaLimits, Tenant
 from sessions_app.usage import checkpoint_bytes, usage_today
@@ -32,6 +34,26 @@ def quota_for(tenant: Tenant) -> QuotaLimits:
     return own if own is not None else DefaultQuota.load()
 
 
+def lock_tenant(tenant: Tenant) -> None:
+    """Hold ``tenant``'s row lock until the current transaction ends.
+
+    A limit on how many rows a tenant may have (training runs, sampling
+    sessions, pending samples) is a count, then an insert. The API serves
+    requests on several threads and workers insert too, so without one lock per
+    tenant concurrent requests all pass the count at once and overshoot the
+    limit. Count and insert after this call, in the same transaction.
+
+    PostgreSQL: FOR NO KEY UPDATE, which waits for the other holders of this
+    lock but not for (nor blocks) the key-share lock that inserting any row
+    referencing the tenant takes, so the tenant's other writes do not queue
+    behind it. SQLite has no row locks: its IMMEDIATE transactions
+    (settings.py) already serialize every writer.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise transaction.TransactionManagementError("lock_tenant needs a transaction: the lock ends with it")
+    list(Tenant.objects.select_for_update(no_key=True).filter(pk=tenant.pk).values_list("pk", flat=True))
+
+
 def _refuse(tenant: Tenant, message: str) -> QuotaExceeded:
     # Failed futures carry only the message, so it says by itself that a quota refused it.
     logger.info("quota refused for tenant %s: %s", tenant.pk, message)
@@ -39,6 +61,7 @@ def _refuse(tenant: Tenant, message: str) -> QuotaExceeded:
 
 
 def check_training_run_quota(tenant: Tenant, rank: int) -> None:
+    """Call under ``lock_tenant``, in the transaction that then inserts the run."""
     quota = quota_for(tenant)
     if quota.max_lora_rank is not None and rank > quota.max_lora_rank:
         raise _refuse(tenant, f"LoRA rank {rank} exceeds this tenant's maximum of {quota.max_lora_rank}")
@@ -53,6 +76,10 @@ def check_training_run_quota(tenant: Tenant, rank: int) -> None:
 
 
 def check_sampling_session_quota(tenant: Tenant) -> None:
+    """Call under ``lock_tenant``, in the transaction that then inserts the sampling session.
+
+    (``training_app.handlers`` also calls it unlocked, to refuse before writing a checkpoint.)
+    """
     quota = quota_for(tenant)
     if quota.max_sampling_sessions is not None:
         active = SamplingSession.objects.filter(tenant=tenant, session__status="active").count()

@@ -20,7 +20,7 @@ from engine.types import UserInputError
 from sessions_app.models import ClientSession, Tenant
 from dispatch.scheduler import Work
 from dispatch import registry as dispatch_registry
-from sessions_app.quotas import check_training_run_quota
+from sessions_app.quotas import check_training_run_quota, lock_tenant
 from training_app import protocol
 from training_app.checkpoint_paths import TinkerPath, absolute, parse_tinker_path
 from dispatch.completions import completion_hub
@@ -131,8 +131,6 @@ def check_create_model(tenant: Tenant, session: ClientSession, body: Any, base_m
     optimizer_type = getattr(body.optimizer_config, "type", "adamw") if body.optimizer_config else "adamw"
     if optimizer_type != "adamw":
         raise ApiError(f"optimizer {optimizer_type!r} is not supported; use adamw")
-
-    check_training_run_quota(tenant, lora.rank)
     return _do_create_run(tenant, session, body, body.base_model, lora, Operation.Kind.CREATE_MODEL)
 
 
@@ -190,34 +188,36 @@ def check_create_run_from_checkpoint(tenant: Tenant, session: ClientSession, bod
     if ckpt.kind != Checkpoint.Kind.TRAINING:
         raise ApiError("load_weights needs a training checkpoint (tinker://.../weights/...), not sampler weights")
     lora = lora_spec_from_checkpoint(absolute(ckpt.storage_path))
-
-    check_training_run_quota(tenant, lora.rank)
     return _do_create_run(tenant, session, body, ckpt.training_run.base_model, lora, Operation.Kind.LOAD_WEIGHTS)
 
 
 def _do_create_run(tenant: Tenant, session: ClientSession, body: Any, base_model: str, lora: Any,
                    kind: str) -> Operation:
-    """Record a run and the operation that creates it (its seq 0), idempotently.
+    """Record a run and the operation that creates it (its seq 0), within the tenant's quota, idempotently.
 
     ``lora`` is anything with rank/seed/train_* attributes (the SDK's LoraConfig
     or the engine's LoraSpec read from a checkpoint).
     """
     run_id = f"{session.id}:train:{body.model_seq_id}"
-    try:
-        with transaction.atomic():
-            run = TrainingRun.objects.create(
-                id=run_id, tenant=tenant, session=session, model_seq_id=body.model_seq_id,
-                base_model=base_model, lora_rank=lora.rank, lora_seed=lora.seed,
-                train_mlp=lora.train_mlp, train_attn=lora.train_attn, train_unembed=lora.train_unembed,
-                user_metadata=dict(body.user_metadata or {}),
-            )
-            op = Operation.objects.create(
-                request_id=new_request_id(), tenant=tenant, kind=kind,
-                training_run=run, seq_id=0, request=body.model_dump(mode="json"),
-            )
-            _enqueue_on_commit(op, run)
-    except IntegrityError:  # a concurrent retry created it first
-        return Operation.objects.get(tenant=tenant, training_run_id=run_id, seq_id=0)
+    with transaction.atomic():
+        lock_tenant(tenant)  # count and insert as one step per tenant (see lock_tenant)
+        # Again under the lock: a resubmission that raced its first try gets that
+        # future, not a quota refusal (its own run would count against it).
+        existing = Operation.objects.filter(tenant=tenant, training_run_id=run_id, seq_id=0).first()
+        if existing is not None:
+            return existing
+        check_training_run_quota(tenant, lora.rank)
+        run = TrainingRun.objects.create(
+            id=run_id, tenant=tenant, session=session, model_seq_id=body.model_seq_id,
+            base_model=base_model, lora_rank=lora.rank, lora_seed=lora.seed,
+            train_mlp=lora.train_mlp, train_attn=lora.train_attn, train_unembed=lora.train_unembed,
+            user_metadata=dict(body.user_metadata or {}),
+        )
+        op = Operation.objects.create(
+            request_id=new_request_id(), tenant=tenant, kind=kind,
+            training_run=run, seq_id=0, request=body.model_dump(mode="json"),
+        )
+        _enqueue_on_commit(op, run)
     return op
 
 

@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING
 from tinker import types as T
 
 from engine.types import AdamSpec, ForwardBackwardResult, ForwardBackwardSpec, LoraSpec, UserInputError
-from sampling_app.actions import do_create_sampling_session_for_checkpoint
+from sampling_app.actions import check_create_sampling_session_for_checkpoint
 from sampling_app.models import SamplingSession
 from sessions_app.quotas import check_checkpoint_fits, check_checkpoint_storage, check_sampling_session_quota
 from training_app import protocol
 from training_app.actions import EPHEMERAL_PREFIX, access_readable_checkpoint, do_record_checkpoint
+from training_app.checkpoint_deletion import do_delete_checkpoints
 from training_app.checkpoint_paths import TinkerPath, absolute, check_name, storage_relpath
 from training_app.models import Checkpoint, Operation, TrainingRun
-from tuft_project.exceptions import ApiError
+from tuft_project.exceptions import ApiError, QuotaExceeded
 from workers.executor import BatchHandler, Outcome, handles, handles_batch
 
 if TYPE_CHECKING:  # importing the engine loads torch: keep it out of views and manage.py
@@ -140,9 +141,17 @@ def _save_weights_for_sampler(engine: Engine, op: Operation) -> Outcome:
     run = op.training_run
     assert run is not None
     if not SamplingSession.objects.filter(id=f"{run.session_id}:sample:{body.sampling_session_seq_id}").exists():
-        check_sampling_session_quota(op.tenant)  # this save also opens a sampling session
+        # This save also opens a sampling session: refuse before writing a checkpoint
+        # for nothing. Decided for good under the tenant's lock, when it is inserted.
+        check_sampling_session_quota(op.tenant)
     ckpt = _save(engine, op, Checkpoint.Kind.SAMPLER, f"{EPHEMERAL_PREFIX}{op.request_id}", False, True)
-    sampler = do_create_sampling_session_for_checkpoint(run.session, body.sampling_session_seq_id, ckpt)
+    try:
+        sampler = check_create_sampling_session_for_checkpoint(run.session, body.sampling_session_seq_id, ckpt)
+    except QuotaExceeded:
+        # Another sampling session took the last place while this save ran: the
+        # checkpoint was only for the refused one (no one else knows its path).
+        do_delete_checkpoints([ckpt])
+        raise
     return Outcome(result={"sampling_session_id": sampler.id, "path": ckpt.tinker_path,
                            "type": "save_weights_for_sampler"})
 

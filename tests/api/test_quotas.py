@@ -6,7 +6,8 @@ category "user" when the limit is checked inside an operation), one under it
 works, and the usage the server recorded matches the work done.
 
 The server here has its own SQLite database: the default quota is one
-server-wide row, and setting it must not change other tests' tenants.
+server-wide row, and setting it must not change other tests' tenants. The
+tests of concurrent creates (at the end) have a PostgreSQL server of their own.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import io
 import json
 import os
 import secrets
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import httpx
 import pytest
@@ -27,6 +29,9 @@ from tinker.types.request_error_category import RequestErrorCategory
 
 from tests.api.helpers import post
 from tests.conftest import MODEL_NAME, LiveServer, start_server, write_models_yaml
+
+if TYPE_CHECKING:
+    import psycopg
 
 SUFFIX = secrets.token_hex(3)
 
@@ -226,3 +231,101 @@ def test_daily_sampling_token_budget(quota_server: LiveServer) -> None:
     usage = usage_today(quota_server, "sample-budget")
     assert (usage["prefill_tokens"], usage["sampled_tokens"]) == (prefill, sampled)
     assert usage["training_tokens"] == 0
+
+
+# -- concurrent creates against a count limit (PostgreSQL) ------------------------------------------
+# A count limit is a count, then an insert. Two creates of one tenant that both count before
+# either inserts would both pass. To make that overlap certain rather than lucky, the test holds
+# the tenant's row lock itself until both creates are waiting for it, then lets them go: the
+# server must count again after taking the lock, so exactly one gets through. (Without the lock
+# the creates never wait, and the test fails saying so.) Row locks need PostgreSQL; SQLite
+# serializes every writing transaction instead.
+
+RACE_TENANTS: dict[str, dict[str, int] | None] = {
+    "race-runs": {"max_training_runs": 1},
+    "race-samplers": {"max_sampling_sessions": 1},
+}
+LOCK_WAIT_S = 60
+
+
+@pytest.fixture(scope="module")
+def pg_quota_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[LiveServer]:
+    from tests.api.conftest import postgres_database_or_skip
+
+    database_url = postgres_database_or_skip()
+    home = tmp_path_factory.mktemp("tuft-quotas-pg")
+    srv = start_server(home, write_models_yaml(home / "models.yaml", tiny_model_dir),
+                       extra_env={"DATABASE_URL": database_url})
+    try:
+        out = srv.manage("shell", "-c", SETUP.format(default={}, tenants=RACE_TENANTS, suffix=SUFFIX))
+        srv.keys.update(json.loads(out.split("KEYS=", 1)[1].strip().splitlines()[0]))
+        yield srv
+    finally:
+        srv.stop()
+
+
+def backends_waiting_for_a_lock(watch: "psycopg.Connection") -> int:
+    row = watch.execute(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def race_two_creates(server: LiveServer, tenant: str,
+                     create: Callable[[tinker.ServiceClient], Any]) -> tuple[list[Any], list[BaseException]]:
+    """Start two creates of ``tenant`` while its row is locked; release it once both wait on it.
+
+    Returns what the creates gave back: (results, errors).
+    """
+    import psycopg
+
+    database_url = server.env["DATABASE_URL"]
+    # Two clients, each with its session already open: only the creates run while the row is locked.
+    services = [client(server, tenant) for _ in range(2)]
+    for service in services:
+        service.holder.get_session_id()
+    futures: list[Any] = []
+    with psycopg.connect(database_url, autocommit=True) as watch, psycopg.connect(database_url) as locker:
+        # FOR NO KEY UPDATE: what the server's lock_tenant waits for, while the rows that merely
+        # reference the tenant can still be written.
+        locked = locker.execute(
+            "SELECT id FROM sessions_app_tenant WHERE name = %s FOR NO KEY UPDATE", [f"{tenant}-{SUFFIX}"]
+        ).fetchone()
+        assert locked is not None
+        try:
+            futures = [create(service) for service in services]
+            deadline = time.monotonic() + LOCK_WAIT_S
+            while backends_waiting_for_a_lock(watch) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            waiting = backends_waiting_for_a_lock(watch)
+        finally:
+            locker.rollback()  # lets the creates go (and, on failure, finish before the server stops)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+    for future in futures:
+        try:
+            results.append(future.result(timeout=120))
+        except Exception as exc:
+            errors.append(exc)
+    assert waiting >= 2, (
+        f"after {LOCK_WAIT_S} s only {waiting} request(s) waited for the tenant's row lock: the creates "
+        f"count and insert without it (results {results}, errors {errors})"
+    )
+    return results, errors
+
+
+def test_concurrent_training_runs_cannot_pass_the_limit_together(pg_quota_server: LiveServer) -> None:
+    results, errors = race_two_creates(
+        pg_quota_server, "race-runs", lambda s: s.create_lora_training_client(base_model=MODEL_NAME, rank=2))
+    assert len(results) == 1 and len(errors) == 1, (results, errors)
+    assert isinstance(errors[0], tinker.PermissionDeniedError), errors[0]
+    assert_quota_error(errors[0], "1 active training runs", "limit 1")
+
+
+def test_concurrent_sampling_sessions_cannot_pass_the_limit_together(pg_quota_server: LiveServer) -> None:
+    results, errors = race_two_creates(
+        pg_quota_server, "race-samplers", lambda s: s.create_sampling_client(base_model=MODEL_NAME))
+    assert len(results) == 1 and len(errors) == 1, (results, errors)
+    assert isinstance(errors[0], tinker.PermissionDeniedError), errors[0]
+    assert_quota_error(errors[0], "1 sampling sessions", "limit 1")
