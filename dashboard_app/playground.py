@@ -29,6 +29,7 @@ from sampling_app.models import SamplingSession
 from sampling_app.specs import check_fits_model, sample_spec_from_request
 from sessions_app.actions import do_heartbeat
 from sessions_app.models import ClientSession, Tenant
+from sessions_app.quotas import lock_tenant
 from training_app.actions import access_operation
 from training_app.models import Checkpoint, Operation
 from tuft_project.exceptions import BadRequest
@@ -110,6 +111,9 @@ def check_playground_sample(tenant: Tenant, choice_value: str, prompt: str, max_
     if not ids:
         raise BadRequest("the prompt has no tokens")
     with transaction.atomic():
+        # The sampler and seq numbers below are counts: one playground request per tenant
+        # at a time, or two concurrent ones take the same number (see lock_tenant).
+        lock_tenant(tenant)
         session = _playground_session(tenant)
         sampler = _sampler(tenant, session, choice)
         seq_id = Operation.objects.filter(sampling_session=sampler).count()
