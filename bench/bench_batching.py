@@ -14,8 +14,9 @@ the SDK is meant for), first on one server, then on the other, ``--reps``
 times alternately (A, B, A, B: shared load hits both sides alike). Reported per
 N: median aggregate tokens/s of each side, their ratio, and the server
 process's CPU seconds per step (user + system; steadier than wall time on a
-loaded machine). A reference line follows: one tenant sending the N rows in
-one request, on the batched server.
+loaded machine) and the benchmark process's (the N SDK clients: their HTTP
+requests and result polls share the server's cores). A reference line follows:
+one tenant sending the N rows in one request, on the batched server.
 
 ``--via engine``: the same comparison in-process, without the server:
 ``Engine.forward_backward`` one request at a time against one
@@ -137,8 +138,9 @@ class Tenant:
             opt.result(timeout=600)
 
 
-def timed_round(tenants: list[Tenant], data: list[list], steps: int, server_pid: int) -> tuple[float, float]:
-    """All tenants step at once: (wall seconds, server CPU seconds) from release to the last result."""
+def timed_round(tenants: list[Tenant], data: list[list], steps: int,
+                server_pid: int) -> tuple[float, float, float]:
+    """All tenants step at once: (wall, server CPU, client CPU) seconds from release to the last result."""
     import psutil
 
     barrier = threading.Barrier(len(tenants) + 1)
@@ -158,12 +160,14 @@ def timed_round(tenants: list[Tenant], data: list[list], steps: int, server_pid:
     cpu0 = sum(proc.cpu_times()[:2])
     barrier.wait()
     start = time.perf_counter()
+    client0 = time.process_time()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    client = time.process_time() - client0
     if errors:
         raise RuntimeError(f"a tenant failed: {errors[0]!r}")
-    return wall, sum(proc.cpu_times()[:2]) - cpu0
+    return wall, sum(proc.cpu_times()[:2]) - cpu0, client
 
 
 def create_tenants(server, n: int) -> list[str]:  # server: tests.conftest.LiveServer
@@ -212,30 +216,35 @@ def bench_sdk(args: argparse.Namespace) -> None:
             names = list(sides)
             print(f"{'tenants':>7} | " + " | ".join(f"{name + ' tok/s':>22}" for name in names)
                   + " | " + " | ".join(f"{name + ' / one at a time':>30}" for name in names if name != "one at a time")
-                  + " | server CPU s per step: " + ", ".join(names))
+                  + " | server CPU s per step: " + ", ".join(names) + " | client CPU s per step: same order")
             for n in ns:
                 wall: dict[str, list[float]] = {side: [] for side in sides}
                 cpu: dict[str, list[float]] = {side: [] for side in sides}
+                client: dict[str, list[float]] = {side: [] for side in sides}
                 for _ in range(args.reps):
                     for side, srv in servers.items():
-                        w, c = timed_round(tenants[side][:n], data[:n], args.steps, srv.process.pid)
+                        w, c, k = timed_round(tenants[side][:n], data[:n], args.steps, srv.process.pid)
                         wall[side].append(w)
                         cpu[side].append(c)
+                        client[side].append(k)
                 tokens = n * args.steps * args.rows * args.tokens
                 rate = {side: tokens / statistics.median(wall[side]) for side in sides}
                 per_step = {side: statistics.median(cpu[side]) / (n * args.steps) for side in sides}
+                client_step = {side: statistics.median(client[side]) / (n * args.steps) for side in sides}
                 base = rate["one at a time"]
                 print(f"{n:>7} | " + " | ".join(f"{rate[name]:>22.1f}" for name in names)
                       + " | " + " | ".join(f"{rate[name] / base:>29.2f}x" for name in names if name != "one at a time")
-                      + " | " + ", ".join(f"{per_step[name]:.3f}" for name in names), flush=True)
+                      + " | " + ", ".join(f"{per_step[name]:.3f}" for name in names)
+                      + " | " + ", ".join(f"{client_step[name]:.3f}" for name in names), flush=True)
             # Reference: one tenant, the N rows in one request (the cost is per operation?).
             for n in ns:
                 rows = [datum for own in data[:n] for datum in own]
-                walls = [timed_round(tenants["batched"][:1], [rows], args.steps,
-                                     servers["batched"].process.pid)[0] for _ in range(args.reps)]
-                rate = n * args.steps * args.rows * args.tokens / statistics.median(walls)
-                print(f"reference: one tenant, {n} x {args.rows} rows in one request: {rate:.0f} tok/s",
-                      flush=True)
+                rounds = [timed_round(tenants["batched"][:1], [rows], args.steps, servers["batched"].process.pid)
+                          for _ in range(args.reps)]
+                rate = n * args.steps * args.rows * args.tokens / statistics.median(r[0] for r in rounds)
+                print(f"reference: one tenant, {n} x {args.rows} rows in one request: {rate:.0f} tok/s, "
+                      f"server CPU s per step {statistics.median(r[1] for r in rounds) / args.steps:.3f}, "
+                      f"client {statistics.median(r[2] for r in rounds) / args.steps:.3f}", flush=True)
         finally:
             for srv in servers.values():
                 srv.stop()

@@ -30,7 +30,6 @@ def record_operation_usage(op: Any, outcome: Any) -> None:
     result; training outcomes count ``num_tokens`` as training tokens.
     """
     today = timezone.now().date()
-    row, _ = DailyUsage.objects.get_or_create(tenant_id=op.tenant_id, day=today)
     updates: dict[str, Any] = {"operations": F("operations") + 1}
     if outcome is None:
         updates["failed_operations"] = F("failed_operations") + 1
@@ -39,7 +38,11 @@ def record_operation_usage(op: Any, outcome: Any) -> None:
         updates["sampled_tokens"] = F("sampled_tokens") + getattr(outcome, "sampled_tokens", 0)
     elif op.kind in ("forward_backward", "forward"):
         updates["training_tokens"] = F("training_tokens") + outcome.num_tokens
-    DailyUsage.objects.filter(pk=row.pk).update(**updates)
+    # One statement when today's row exists (all but the tenant's first operation of
+    # the day): this runs on the training lane once per operation.
+    if not DailyUsage.objects.filter(tenant_id=op.tenant_id, day=today).update(**updates):
+        row, _ = DailyUsage.objects.get_or_create(tenant_id=op.tenant_id, day=today)
+        DailyUsage.objects.filter(pk=row.pk).update(**updates)
 
 
 def record_checkpoint_storage(tenant_id: int) -> None:

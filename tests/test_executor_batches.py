@@ -66,3 +66,45 @@ def test_a_failing_engine_call_fails_every_operation_of_the_batch(monkeypatch: p
     for op in Operation.objects.all():
         assert op.status == Operation.Status.FAILED and op.error_category == "server"
         assert "device lost" in op.error
+
+
+class _RejectOne(jobs.ExecutionHooks):
+    """Redis-mode-like guard: the operation of request ``x == "lost"`` is no longer this worker's."""
+
+    def guard(self, op: Operation, succeeded: bool) -> None:
+        if op.request["x"] == "lost":
+            raise jobs.OutcomeRejected("lease lost")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outcomes_share_a_transaction_but_one_rejected_or_unstorable_outcome_leaves_the_others_recorded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = FakeEngine()
+    handler = _handler(engine)
+    # An outcome the database cannot store (not JSON): its operation fails alone.
+    monkeypatch.setitem(jobs.BATCH_HANDLERS, "sample", jobs.BatchHandler(
+        prepare=handler.prepare, run=handler.run,
+        finish=lambda op, ctx, result: jobs.Outcome(result={"bad": object()}) if result["echo"] == "unstorable"
+        else handler.finish(op, ctx, result)))
+    monkeypatch.setattr(jobs.EngineExecutor, "engine", None)
+    seen: dict[str, tuple[str, bool, bool]] = {}
+
+    def listener(sender: object, operation: Operation, **kwargs: object) -> None:
+        seen[operation.request_id] = (operation.status, operation.started_at is not None,
+                                      operation.finished_at is not None)
+
+    jobs.operation_finished.connect(listener, weak=False)
+    try:
+        jobs.EngineExecutor(_RejectOne()).execute_batch(_ops(["a", "lost", "unstorable", "b"]))
+    finally:
+        jobs.operation_finished.disconnect(listener)
+    ops = {op.request_id: op for op in Operation.objects.all()}
+    assert ops["req-0"].status == ops["req-3"].status == Operation.Status.COMPLETED
+    assert ops["req-3"].result == {"echo": "b", "ctx": "req-3"}
+    assert ops["req-1"].status == Operation.Status.RUNNING  # not this worker's: nothing recorded
+    assert (ops["req-2"].status, ops["req-2"].error_category) == ("failed", "server")
+    assert "recording the result" in ops["req-2"].error
+    # The listeners (metrics, dashboard) see what was stored, without the row being read again.
+    assert seen["req-0"] == seen["req-3"] == (Operation.Status.COMPLETED, True, True)
+    assert seen["req-2"] == (Operation.Status.FAILED, True, True)
+    assert "req-1" not in seen
