@@ -32,6 +32,7 @@ from engine.types import EngineError, UserInputError
 from monitoring_app.log_context import bind_tenant, log_context
 from sessions_app.usage import record_operation_usage
 from training_app.models import Operation, TrainingRun
+from training_app.ready_results import ready_results
 from training_app.signals import operation_finished
 from tuft_project import gc_freeze
 from tuft_project.exceptions import ApiError
@@ -356,9 +357,16 @@ def _finish(
         _advance_run(op)
 
         record_operation_usage(op, outcome)
+    try:
+        # The answer retrieve_future will send, encoded now from the committed row
+        # (training_app.ready_results), before the waiting poll is woken.
+        op.refresh_from_db()
+        if not transaction.get_connection().in_atomic_block:  # only what is committed
+            ready_results.put(op)
+    except Exception:  # the poll then reads the database, as it does for any other result
+        logger.exception("could not keep the answer of %s in memory", op.request_id)
     completion_hub.notify(op.request_id)
     try:
-        op.refresh_from_db()
         operation_finished.send(sender=Operation, operation=op, metrics=(outcome.metrics if outcome else None) or {})
     except Exception:  # a listener's failure must never fail the operation
         logger.exception("operation_finished listener failed for %s", op.request_id)
