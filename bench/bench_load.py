@@ -71,6 +71,7 @@ class Figures:
         self.lock = threading.Lock()
         self.op_latency: list[float] = []  # submission -> result, seconds, within the timed window
         self.ready_latency: list[float] = []  # retrieve_future of a finished operation, seconds
+        self.ready_at: list[float] = []  # when each of those was sent (CLOCK_MONOTONIC)
         self.errors: list[str] = []
         self.clients_ready = 0
 
@@ -152,6 +153,7 @@ def probe_loop(url: str, key: str, interval: float, start: threading.Event, dead
                 if time.monotonic() <= deadline[0]:
                     with figures.lock:
                         figures.ready_latency.append(elapsed)
+                        figures.ready_at.append(t0)
                 time.sleep(interval)
     except Exception as exc:
         with figures.lock:
@@ -185,7 +187,7 @@ def process_main(role: str, url: str, keys: list[str], first: int, count: int, v
     local_start.set()
     for t in threads:
         t.join(timeout=max(1.0, deadline.value + 300 - time.monotonic()))
-    results.put({"op_latency": figures.op_latency, "ready_latency": figures.ready_latency,
+    results.put({"op_latency": figures.op_latency, "ready_latency": figures.ready_latency, "ready_at": figures.ready_at,
                  "errors": figures.errors, "clients_ready": figures.clients_ready})
     results.close()
     results.join_thread()  # the figures are sent before the process ends
@@ -231,6 +233,7 @@ def run_load(url: str, keys: list[str], clients: int, duration: float, vocab: in
         part = results.get(timeout=max(1.0, deadline.value + 400 - time.monotonic()))
         merged.op_latency += part["op_latency"]
         merged.ready_latency += part["ready_latency"]
+        merged.ready_at += part["ready_at"]
         merged.errors += part["errors"]
         merged.clients_ready += part["clients_ready"]
     print(f"{merged.clients_ready} clients warmed up; timed {duration:.0f} s", flush=True)
@@ -241,6 +244,9 @@ def run_load(url: str, keys: list[str], clients: int, duration: float, vocab: in
         "ready_n": len(merged.ready_latency),
         "ready_p50": percentile(merged.ready_latency, 0.50), "ready_p99": percentile(merged.ready_latency, 0.99),
         "ready_max": max(merged.ready_latency, default=float("nan")),
+        # The slow probes and when they were sent (seconds into the timed window): bursts show up here.
+        "ready_slow": sorted((round(at - (deadline.value - duration), 1), round(latency * 1000))
+                             for at, latency in zip(merged.ready_at, merged.ready_latency) if latency > 0.1),
         "errors": merged.errors,
         "cpu_share": {name: used / duration for name, used in cpu.items()},
     }
@@ -293,6 +299,7 @@ def main() -> None:
     print(f"operation latency (submit -> result): p50 {figures['op_p50']:.3f} s, p99 {figures['op_p99']:.3f} s")
     print(f"ready-result retrieve_future ({figures['ready_n']} probes): p50 {figures['ready_p50'] * 1000:.1f} ms, "
           f"p99 {figures['ready_p99'] * 1000:.1f} ms, max {figures['ready_max'] * 1000:.1f} ms")
+    print(f"ready-result probes over 100 ms (s into the window, ms): {figures['ready_slow']}")
     shares = ", ".join(f"{name} {share * 100:.0f}%" for name, share in figures["cpu_share"].items())
     print(f"CPU during the timed window (100% = one core; {os.cpu_count()} cores): {shares}")
     if figures["errors"]:
