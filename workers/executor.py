@@ -358,9 +358,14 @@ def _finish(
 
         record_operation_usage(op, outcome)
     try:
+        op.refresh_from_db()
+    except Exception:  # the outcome is recorded; only what follows from it is skipped
+        logger.exception("could not read back operation %s after recording it", op.request_id)
+        completion_hub.notify(op.request_id)
+        return
+    try:
         # The answer retrieve_future will send, encoded now from the committed row
         # (training_app.ready_results), before the waiting poll is woken.
-        op.refresh_from_db()
         if not transaction.get_connection().in_atomic_block:  # only what is committed
             ready_results.put(op)
     except Exception:  # the poll then reads the database, as it does for any other result
