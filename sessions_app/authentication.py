@@ -77,13 +77,15 @@ def tenant_id_for_key_now(raw_key: str | None) -> int | None:
             _quick.connection = sqlite3.connect(path, timeout=0.005, isolation_level=None, check_same_thread=True)
             _quick.connection.execute("PRAGMA query_only = 1")
             _quick.path = path
-        row = _quick.connection.execute(query, (hash_key(raw_key),)).fetchone()
+        # fetchall: the statement runs to its end, so no read snapshot stays open
+        # (one would hold back the WAL checkpoints of the server's writers).
+        rows = _quick.connection.execute(query, (hash_key(raw_key),)).fetchall()
     except sqlite3.Error as exc:
         logger.debug("quick key check unavailable (%s); using a reader thread", exc)
         raise NoQuickAnswer from exc
-    if row is None:
+    if not rows:  # key_hash is unique: at most one row
         return None
-    tenant_id, tenant_name, last_used = row
+    tenant_id, tenant_name, last_used = rows[0]
     # Django's SQLite backend stores aware datetimes as naive UTC text.
     now = timezone.now().replace(tzinfo=None)
     if last_used is None or (now - datetime.datetime.fromisoformat(last_used)).total_seconds() > LAST_USED_EVERY_S:

@@ -162,6 +162,18 @@ def test_a_just_finished_result_is_only_answered_to_its_tenant(quiet_server: Liv
     assert retrieve(quiet_server, "tml-not-a-key", done, timeout=20).status_code == 401
 
 
+def test_a_deactivated_tenant_is_refused_at_once_even_for_a_just_finished_result(quiet_server: LiveServer) -> None:
+    key = quiet_server.create_tenant("dora")
+    model_id = new_run(quiet_server, key)
+    done = optim_step(quiet_server, key, model_id, 1)
+    answer = wait_future(quiet_server, key, done)
+    assert "metrics" in answer.json()
+    assert retrieve(quiet_server, key, done, timeout=20).content == answer.content  # from memory, key checked on the loop
+    quiet_server.manage("shell", "-c", (
+        "from sessions_app.models import Tenant; Tenant.objects.filter(name='dora').update(is_active=False)"))
+    assert retrieve(quiet_server, key, done, timeout=20).status_code == 401
+
+
 def test_the_server_freezes_its_long_lived_objects(quiet_server: LiveServer) -> None:
     """Full GC passes, which stop every thread, skip start-up's and the model's objects
     (tuft_project.gc_freeze): the server froze them after start-up and after the load."""
