@@ -99,9 +99,9 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 # chain and view in one call (tuft_project.asgi_handler); more requests queue.
 # Few on purpose: the views are Python under one GIL, so more threads add no
 # throughput, and with 16 runnable at once (a burst of submissions or
-# heartbeats) the event loop waited its turn for the GIL behind all of them:
-# at 100 clients the ready-result p99 fell from 134 to 81 ms with 4
-# (docs/performance.md, "Control plane under 100 concurrent clients").
+# heartbeats) the event loop waited its turn for the GIL behind all of them
+# (docs/performance.md, "Control plane under 100 concurrent clients": ready-result
+# p99 at 100 clients 81-266 ms with 4 across runs, 134-177 ms with 16).
 TUFT_API_THREADS = int(os.environ.get("TUFT_API_THREADS", "4"))
 # Longest an OpenAI-compatible request (/oai/api/v1) waits for its samples before answering 504.
 TUFT_OAI_TIMEOUT_S = float(os.environ.get("TUFT_OAI_TIMEOUT_S", "600"))
