@@ -101,7 +101,7 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 # throughput, and with 16 runnable at once (a burst of submissions or
 # heartbeats) the event loop waited its turn for the GIL behind all of them
 # (docs/performance.md, "Control plane under 100 concurrent clients": ready-result
-# p99 at 100 clients 81-266 ms with 4 across runs, 134-177 ms with 16).
+# p99 at 100 clients 81-266 ms with 4 across six runs; main with 16: 142-177 ms).
 TUFT_API_THREADS = int(os.environ.get("TUFT_API_THREADS", "4"))
 # Longest an OpenAI-compatible request (/oai/api/v1) waits for its samples before answering 504.
 TUFT_OAI_TIMEOUT_S = float(os.environ.get("TUFT_OAI_TIMEOUT_S", "600"))
