@@ -71,6 +71,7 @@ class Figures:
         self.lock = threading.Lock()
         self.op_latency: list[float] = []  # submission -> result, seconds, within the timed window
         self.ready_latency: list[float] = []  # retrieve_future of a finished operation, seconds
+        self.ready_at: list[float] = []  # when each of those was sent (CLOCK_MONOTONIC)
         self.errors: list[str] = []
         self.clients_ready = 0
 
@@ -152,6 +153,7 @@ def probe_loop(url: str, key: str, interval: float, start: threading.Event, dead
                 if time.monotonic() <= deadline[0]:
                     with figures.lock:
                         figures.ready_latency.append(elapsed)
+                        figures.ready_at.append(t0)
                 time.sleep(interval)
     except Exception as exc:
         with figures.lock:
@@ -185,15 +187,24 @@ def process_main(role: str, url: str, keys: list[str], first: int, count: int, v
     local_start.set()
     for t in threads:
         t.join(timeout=max(1.0, deadline.value + 300 - time.monotonic()))
-    results.put({"op_latency": figures.op_latency, "ready_latency": figures.ready_latency,
+    results.put({"op_latency": figures.op_latency, "ready_latency": figures.ready_latency, "ready_at": figures.ready_at,
                  "errors": figures.errors, "clients_ready": figures.clients_ready})
     results.close()
     results.join_thread()  # the figures are sent before the process ends
     os._exit(0)  # SDK clients keep heartbeat threads alive
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) that process ``pid`` has used so far; 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def run_load(url: str, keys: list[str], clients: int, duration: float, vocab: int, probe_interval: float,
-             processes: int) -> dict:
+             processes: int, server_pids: list[int]) -> dict:
     """Clients spread over ``processes`` processes and the probe in one of its own, so that the
     load generator's own GIL does not inflate the latencies it measures."""
     ctx = multiprocessing.get_context("spawn")
@@ -210,12 +221,19 @@ def run_load(url: str, keys: list[str], clients: int, duration: float, vocab: in
         time.sleep(0.5)
     deadline.value = time.monotonic() + duration
     print(f"warm: {ready.value - 1} client process(es) ready; timing {duration:.0f} s", flush=True)
+    # CPU used during the timed window by the server and by the load generator's own
+    # processes: on a small machine the clients compete with the server for the cores.
+    groups = {"server": server_pids, "clients": [p.pid for p in procs[:-1]], "probe": [procs[-1].pid]}
+    cpu_before = {name: sum(map(cpu_seconds, pids)) for name, pids in groups.items()}
     start.set()
+    time.sleep(max(0.0, deadline.value - time.monotonic()))
+    cpu = {name: sum(map(cpu_seconds, pids)) - cpu_before[name] for name, pids in groups.items()}
     merged = Figures()
     for _ in procs:
         part = results.get(timeout=max(1.0, deadline.value + 400 - time.monotonic()))
         merged.op_latency += part["op_latency"]
         merged.ready_latency += part["ready_latency"]
+        merged.ready_at += part["ready_at"]
         merged.errors += part["errors"]
         merged.clients_ready += part["clients_ready"]
     print(f"{merged.clients_ready} clients warmed up; timed {duration:.0f} s", flush=True)
@@ -226,7 +244,11 @@ def run_load(url: str, keys: list[str], clients: int, duration: float, vocab: in
         "ready_n": len(merged.ready_latency),
         "ready_p50": percentile(merged.ready_latency, 0.50), "ready_p99": percentile(merged.ready_latency, 0.99),
         "ready_max": max(merged.ready_latency, default=float("nan")),
+        # The slow probes and when they were sent (seconds into the timed window): bursts show up here.
+        "ready_slow": sorted((round(at - (deadline.value - duration), 1), round(latency * 1000))
+                             for at, latency in zip(merged.ready_at, merged.ready_latency) if latency > 0.1),
         "errors": merged.errors,
+        "cpu_share": {name: used / duration for name, used in cpu.items()},
     }
 
 
@@ -255,6 +277,7 @@ def main() -> None:
         if args.mode == "embedded":
             server = start_server(home / "server", write_models_yaml(home / "models.yaml", model_dir))
             url, stop, create_tenant = server.url, server.stop, server.create_tenant
+            server_pids = [server.process.pid]
         else:
             if not redis_reachable("redis://127.0.0.1:6379/10"):
                 sys.exit("Redis is not running at 127.0.0.1:6379")
@@ -263,10 +286,11 @@ def main() -> None:
             cluster.start_worker("bench")
             cluster.wait_workers("bench")
             url, stop, create_tenant = cluster.url, cluster.stop, cluster.create_tenant
+            server_pids = [p.pid for p in [cluster.api, *cluster.workers.values()] if p is not None]
         try:
             keys = [create_tenant(f"t{i}") for i in range(args.tenants)]
             figures = run_load(url, keys, args.clients, args.duration, SIZES["tiny"].vocab_size, args.probe_interval,
-                               args.processes)
+                               args.processes, server_pids)
         finally:
             stop()
     print(f"mode {args.mode}; {args.clients} SDK clients over {args.tenants} tenants; {args.duration:.0f} s timed; "
@@ -275,6 +299,9 @@ def main() -> None:
     print(f"operation latency (submit -> result): p50 {figures['op_p50']:.3f} s, p99 {figures['op_p99']:.3f} s")
     print(f"ready-result retrieve_future ({figures['ready_n']} probes): p50 {figures['ready_p50'] * 1000:.1f} ms, "
           f"p99 {figures['ready_p99'] * 1000:.1f} ms, max {figures['ready_max'] * 1000:.1f} ms")
+    print(f"ready-result probes over 100 ms (s into the window, ms): {figures['ready_slow']}")
+    shares = ", ".join(f"{name} {share * 100:.0f}%" for name, share in figures["cpu_share"].items())
+    print(f"CPU during the timed window (100% = one core; {os.cpu_count()} cores): {shares}")
     if figures["errors"]:
         print(f"{len(figures['errors'])} client error(s), first: {figures['errors'][0]}")
     os._exit(0)  # SDK clients keep heartbeat threads alive; the figures are printed

@@ -14,6 +14,7 @@ import threading
 from dispatch.distributed import RQDispatcher
 from dispatch.embedded import Dispatcher, EmbeddedDispatcher
 from dispatch.queues import get_backend
+from training_app.ready_results import ready_results
 from workers.executor import EngineExecutor
 
 logger = logging.getLogger(__name__)
@@ -40,4 +41,5 @@ def _build() -> Dispatcher:
         return RQDispatcher(backend)
     executor = EngineExecutor()
     logger.info("using the embedded worker (no REDIS_URL or persistence.redis_url)")
+    ready_results.enabled = True  # this process's lanes finish every operation: keep their answers
     return EmbeddedDispatcher(executor)

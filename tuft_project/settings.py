@@ -97,7 +97,12 @@ TUFT_MAX_BODY_BYTES = int(os.environ.get("TUFT_MAX_BODY_BYTES", str(64 * 1024 * 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 # Threads that run the API's synchronous views, each request's whole middleware
 # chain and view in one call (tuft_project.asgi_handler); more requests queue.
-TUFT_API_THREADS = int(os.environ.get("TUFT_API_THREADS", "16"))
+# Few on purpose: the views are Python under one GIL, so more threads add no
+# throughput, and with 16 runnable at once (a burst of submissions or
+# heartbeats) the event loop waited its turn for the GIL behind all of them
+# (docs/performance.md, "Control plane under 100 concurrent clients": ready-result
+# p99 at 100 clients 81-266 ms with 4 across six runs; main with 16: 142-177 ms).
+TUFT_API_THREADS = int(os.environ.get("TUFT_API_THREADS", "4"))
 # Longest an OpenAI-compatible request (/oai/api/v1) waits for its samples before answering 504.
 TUFT_OAI_TIMEOUT_S = float(os.environ.get("TUFT_OAI_TIMEOUT_S", "600"))
 # Who may read /metrics besides staff (monitoring_app.views): a scraper with this bearer

@@ -35,6 +35,7 @@ from engine.types import EngineError, UserInputError
 from monitoring_app.log_context import bind_tenant, log_context
 from sessions_app.usage import record_operation_usage
 from training_app.models import Operation, TrainingRun
+from training_app.ready_results import ready_results
 from training_app.signals import operation_finished
 from tuft_project import gc_freeze
 from tuft_project.exceptions import ApiError
@@ -444,7 +445,14 @@ def _write_outcome(op: Operation, outcome: Outcome | None, error: str, category:
 
 
 def _announce(op: Operation, outcome: Outcome | None) -> None:
-    """After the commit: wake the long polls waiting for ``op``, then tell the listeners."""
+    """After the commit: keep the answer, wake the long polls waiting for ``op``, then tell the listeners."""
+    try:
+        # The answer retrieve_future will send, encoded now from the fields just stored
+        # (training_app.ready_results), before the waiting poll is woken.
+        if not transaction.get_connection().in_atomic_block:  # only what is committed
+            ready_results.put(op)
+    except Exception:  # the poll then reads the database, as it does for any other result
+        logger.exception("could not keep the answer of %s in memory", op.request_id)
     completion_hub.notify(op.request_id)
     try:
         operation_finished.send(sender=Operation, operation=op, metrics=(outcome.metrics if outcome else None) or {})

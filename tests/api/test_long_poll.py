@@ -130,7 +130,12 @@ def test_a_revoked_key_stops_working_at_once_on_every_path(quiet_server: LiveSer
     done = optim_step(quiet_server, key, model_id, 1)
     assert "metrics" in wait_future(quiet_server, key, done).json()
     second = quiet_server.manage("create_tenant", "alice", "--add-key").strip().splitlines()[-1]
-    assert retrieve(quiet_server, second, done, timeout=20).status_code == 200  # the tenant's future, any key
+    first_answer = retrieve(quiet_server, second, done, timeout=20)
+    assert first_answer.status_code == 200  # the tenant's future, any key
+    # Once the key's use is recorded the key is checked on the event loop and the
+    # answer comes from memory (training_app.ready_results): the same answer.
+    again = retrieve(quiet_server, second, done, timeout=20)
+    assert again.status_code == 200 and again.content == first_answer.content
     quiet_server.manage("shell", "-c", (
         "from sessions_app.actions import do_revoke_api_key; from sessions_app.models import ApiKey, hash_key; "
         f"do_revoke_api_key(ApiKey.objects.get(key_hash=hash_key({second!r})))"))
@@ -138,6 +143,35 @@ def test_a_revoked_key_stops_working_at_once_on_every_path(quiet_server: LiveSer
     assert post(quiet_server, "session_heartbeat", second, {"session_id": "sess-x", "type": "session_heartbeat"}
                 ).status_code == 401
     assert retrieve(quiet_server, key, done, timeout=20).status_code == 200  # the other key still works
+
+
+def test_a_just_finished_result_is_only_answered_to_its_tenant(quiet_server: LiveServer) -> None:
+    """The answer kept in memory for a poll (training_app.ready_results) is still the tenant's only:
+    another tenant's key gets the same 404 as for a future that does not exist, every time."""
+    key = quiet_server.keys["alice"]
+    other = quiet_server.keys.get("mallory") or quiet_server.create_tenant("mallory")
+    model_id = new_run(quiet_server, key)
+    done = optim_step(quiet_server, key, model_id, 1)
+    answer = wait_future(quiet_server, key, done)
+    assert "metrics" in answer.json()
+    for _ in range(3):  # the first request records the key's use; the next ones take the quick check
+        refused = retrieve(quiet_server, other, done, timeout=20)
+        assert refused.status_code == 404, refused.text
+        assert refused.json()["code"] == "not_found"
+        assert retrieve(quiet_server, key, done, timeout=20).content == answer.content
+    assert retrieve(quiet_server, "tml-not-a-key", done, timeout=20).status_code == 401
+
+
+def test_a_deactivated_tenant_is_refused_at_once_even_for_a_just_finished_result(quiet_server: LiveServer) -> None:
+    key = quiet_server.create_tenant("dora")
+    model_id = new_run(quiet_server, key)
+    done = optim_step(quiet_server, key, model_id, 1)
+    answer = wait_future(quiet_server, key, done)
+    assert "metrics" in answer.json()
+    assert retrieve(quiet_server, key, done, timeout=20).content == answer.content  # from memory, key checked on the loop
+    quiet_server.manage("shell", "-c", (
+        "from sessions_app.models import Tenant; Tenant.objects.filter(name='dora').update(is_active=False)"))
+    assert retrieve(quiet_server, key, done, timeout=20).status_code == 401
 
 
 def test_the_server_freezes_its_long_lived_objects(quiet_server: LiveServer) -> None:
