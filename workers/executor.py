@@ -11,10 +11,7 @@ optim_step, sample) say how to turn an operation into the engine's request, whic
 entry point takes them (``Engine.forward_backward_many``, ``Engine.optim_step_many``,
 ``Engine.sample_many``)
 and how to turn each result into the operation's outcome. Every operation of a
-batch is claimed, failed or completed on its own, exactly as ``execute`` would,
-but with one database write for the claims and one transaction for the outcomes
-(a savepoint each): on SQLite each commit took the lane 5-30 ms under load, and
-eight of them per batch were a third of a batched step (docs/performance.md).
+batch is claimed, failed or completed on its own, exactly as ``execute`` would.
 """
 
 from __future__ import annotations
@@ -117,20 +114,8 @@ class ExecutionHooks:
 
     def claim(self, op: Operation) -> bool:
         """Mark ``op`` running; False when it is not this executor's to run."""
-        return bool(self.claim_many([op]))
-
-    def claim_many(self, ops: list[Operation]) -> list[Operation]:
-        """Claim the operations of one batch; return those that are this executor's to run.
-
-        The embedded worker owns everything it was handed: one UPDATE for all.
-        """
-        if ops:
-            now = timezone.now()
-            Operation.objects.filter(pk__in=[op.pk for op in ops]).update(
-                status=Operation.Status.RUNNING, started_at=now)
-            for op in ops:  # what the operation_finished listeners read, without a re-read
-                op.status, op.started_at = Operation.Status.RUNNING, now
-        return list(ops)
+        Operation.objects.filter(pk=op.pk).update(status=Operation.Status.RUNNING, started_at=timezone.now())
+        return True
 
     def prepare(self, engine: Engine, op: Operation) -> None:
         """Make sure the engine holds the run state ``op`` needs; raise EngineError if it cannot."""
@@ -208,7 +193,15 @@ class EngineExecutor:
 
     def _record_failure(self, op: Operation, exc: Exception) -> None:
         """Fail ``op`` with what ``exc`` says: whose fault, and why."""
-        _finish(op, **_failure(op, exc), guard=self.hooks.guard)
+        guard = self.hooks.guard
+        if isinstance(exc, EngineError):
+            _finish(op, error=str(exc), category="user" if exc.user else "server", guard=guard)
+        elif isinstance(exc, ApiError):  # e.g. a checkpoint that is not (or no longer) accessible
+            _finish(op, error=exc.detail, category="user", guard=guard)
+        else:
+            logger.error("operation %s (%s) of tenant %s failed", op.request_id, op.kind, op.tenant_id,
+                         exc_info=exc)
+            _finish(op, error=f"internal error: {type(exc).__name__}: {exc}", category="server", guard=guard)
 
     # -- batches ----------------------------------------------------------------
 
@@ -223,31 +216,31 @@ class EngineExecutor:
         try:
             ops = Operation.objects.select_related("training_run", "sampling_session", "tenant").in_bulk(request_ids)
             handler: BatchHandler | None = None
-            batched: list[Operation] = []
+            prepared: list[tuple[Operation, Any, Any]] = []
             for request_id in request_ids:
                 op = ops.get(request_id)
                 kind_handler = BATCH_HANDLERS.get(op.kind) if op is not None else None
                 if op is None or kind_handler is None or (handler is not None and kind_handler.run != handler.run):
                     self.execute(request_id)
                     continue
-                if op.is_done:  # failed at submission: only its place in the order remains
-                    _advance_run(op)
-                    _count_refused(op)
-                    completion_hub.notify(op.request_id)
-                    continue
-                handler = kind_handler
-                batched.append(op)
-            if handler is None:
-                return
-            prepared = [entry for op in self.hooks.claim_many(batched)
-                        if (entry := self._prepare_batched(op, handler)) is not None]
-            if prepared:
+                entry = self._prepare_batched(op, kind_handler)
+                if entry is not None:
+                    handler = kind_handler
+                    prepared.append(entry)
+            if handler is not None and prepared:
                 self._run_batched(handler, prepared)
         finally:
             close_old_connections()
 
     def _prepare_batched(self, op: Operation, handler: BatchHandler) -> tuple[Operation, Any, Any] | None:
-        """Prepare one claimed operation of a batch; None when it failed (recorded) or is not ours."""
+        """Claim and prepare one operation of a batch; None when it is settled or not ours."""
+        if op.is_done:  # failed at submission: only its place in the order remains
+            _advance_run(op)
+            _count_refused(op)
+            completion_hub.notify(op.request_id)
+            return None
+        if not self.hooks.claim(op):
+            return None
         try:
             self.hooks.prepare(self.engine, op)
             request, context = handler.prepare(self.engine, op)
@@ -267,62 +260,16 @@ class EngineExecutor:
         except Exception as exc:  # the whole call failed: so did each of its operations
             logger.exception("batch of %d operation(s) failed as a whole", len(prepared))
             results = [exc] * len(prepared)
-        records: list[_Record] = []
         for (op, _, context), result in zip(prepared, results):
-            record = self._outcome_of(handler, op, context, result)
-            if record is not None:
-                records.append(record)
-        self._finish_many(records)
+            self._settle(op, lambda: self._complete_batched(handler, op, context, result))
 
-    def _outcome_of(self, handler: BatchHandler, op: Operation, context: Any, result: Any) -> _Record | None:
-        """What to record for one operation of a batch (None: it is no longer this worker's)."""
-        try:
+    def _complete_batched(self, handler: BatchHandler, op: Operation, context: Any, result: Any) -> None:
+        def produce() -> Outcome:
             if isinstance(result, Exception):
                 raise result
-            outcome = handler.finish(op, context, result)
-            failpoint(op)
-            self.hooks.persist(self.engine, op)
-        except OutcomeRejected:
-            logger.warning("operation %s is no longer this worker's; not recorded", op.request_id)
-            return None
-        except Exception as exc:
-            return _Record(op, None, **_failure(op, exc))
-        return _Record(op, outcome)
+            return handler.finish(op, context, result)
 
-    def _finish_many(self, records: list[_Record]) -> None:
-        """Record the outcomes of a batch in one transaction, each in a savepoint of its own.
-
-        An operation whose recording fails (or whose guard rejects it) leaves the
-        others recorded, as separate transactions would; if the transaction as a
-        whole cannot commit, each operation is recorded on its own instead.
-        """
-        guard = self.hooks.guard
-        written: list[_Record] = []
-        unrecorded: list[_Record] = []
-        try:
-            with transaction.atomic():
-                for record in records:
-                    try:
-                        with transaction.atomic():
-                            _write_outcome(record.op, record.outcome, record.error, record.category, guard)
-                        written.append(record)
-                    except OutcomeRejected:
-                        logger.warning("operation %s is no longer this worker's; not recorded", record.op.request_id)
-                    except Exception:
-                        logger.exception("could not record the outcome of operation %s", record.op.request_id)
-                        unrecorded.append(record)
-        except Exception:
-            logger.exception("could not commit the outcomes of a batch of %d; recording them one by one",
-                             len(records))
-            for record in records:
-                self._settle(record.op, lambda: _finish(record.op, record.outcome, record.error, record.category,
-                                                        guard=guard))
-            return
-        for record in written:
-            _announce(record.op, record.outcome)
-        for record in unrecorded:
-            self._settle(record.op, lambda: _finish(record.op, error="internal error while recording the result",
-                                                    category="server", guard=guard))
+        self._record(op, produce)
 
     def _record(self, op: Operation, produce: Callable[[], Outcome]) -> None:
         """Record ``produce()``'s outcome (after persisting the run's state), or the error it raised."""
@@ -351,26 +298,6 @@ class EngineExecutor:
     def release_run(self, run_id: str) -> None:
         if self._engine is not None:
             self._engine.release_run(run_id)
-
-
-@dataclass
-class _Record:
-    """One operation's outcome, or its error and whose fault it is, waiting to be recorded."""
-
-    op: Operation
-    outcome: Outcome | None
-    error: str = ""
-    category: str = ""
-
-
-def _failure(op: Operation, exc: Exception) -> dict[str, str]:
-    """``error`` and ``category`` of an operation that failed with ``exc``: whose fault, and why."""
-    if isinstance(exc, EngineError):
-        return {"error": str(exc), "category": "user" if exc.user else "server"}
-    if isinstance(exc, ApiError):  # e.g. a checkpoint that is not (or no longer) accessible
-        return {"error": exc.detail, "category": "user"}
-    logger.error("operation %s (%s) of tenant %s failed", op.request_id, op.kind, op.tenant_id, exc_info=exc)
-    return {"error": f"internal error: {type(exc).__name__}: {exc}", "category": "server"}
 
 
 def failpoint(op: Operation) -> None:
@@ -415,39 +342,29 @@ def _finish(
     guard: Callable[[Operation, bool], None] | None = None,
 ) -> None:
     with transaction.atomic():
-        _write_outcome(op, outcome, error, category, guard)
-    _announce(op, outcome)
+        if guard is not None:
+            guard(op, outcome is not None)
+        if outcome is not None:
+            Operation.objects.filter(pk=op.pk).update(
+                status=Operation.Status.COMPLETED, result=outcome.result, result_blob=outcome.blob,
+                num_tokens=outcome.num_tokens, metrics=outcome.metrics, finished_at=timezone.now(),
+            )
+        else:
+            logger.info("operation %s (%s) failed [%s]: %s", op.request_id, op.kind, category, error)
+            Operation.objects.filter(pk=op.pk).update(
+                status=Operation.Status.FAILED, error=error, error_category=category, finished_at=timezone.now(),
+            )
+        _advance_run(op)
 
-
-def _write_outcome(op: Operation, outcome: Outcome | None, error: str, category: str,
-                   guard: Callable[[Operation, bool], None] | None) -> None:
-    """Inside the caller's transaction: store the outcome, advance the run, count the usage.
-
-    ``op``'s fields are set to what was stored, so the listeners of
-    ``operation_finished`` read them without reading the row again.
-    """
-    if guard is not None:
-        guard(op, outcome is not None)
-    now = timezone.now()
-    if outcome is not None:
-        fields: dict[str, Any] = {
-            "status": Operation.Status.COMPLETED, "result": outcome.result, "result_blob": outcome.blob,
-            "num_tokens": outcome.num_tokens, "metrics": outcome.metrics, "finished_at": now,
-        }
-    else:
-        logger.info("operation %s (%s) failed [%s]: %s", op.request_id, op.kind, category, error)
-        fields = {"status": Operation.Status.FAILED, "error": error, "error_category": category, "finished_at": now}
-    Operation.objects.filter(pk=op.pk).update(**fields)
-    for name, value in fields.items():
-        setattr(op, name, value)
-    _advance_run(op)
-    record_operation_usage(op, outcome)
-
-
-def _announce(op: Operation, outcome: Outcome | None) -> None:
-    """After the commit: keep the answer, wake the long polls waiting for ``op``, then tell the listeners."""
+        record_operation_usage(op, outcome)
     try:
-        # The answer retrieve_future will send, encoded now from the fields just stored
+        op.refresh_from_db()
+    except Exception:  # the outcome is recorded; only what follows from it is skipped
+        logger.exception("could not read back operation %s after recording it", op.request_id)
+        completion_hub.notify(op.request_id)
+        return
+    try:
+        # The answer retrieve_future will send, encoded now from the committed row
         # (training_app.ready_results), before the waiting poll is woken.
         if not transaction.get_connection().in_atomic_block:  # only what is committed
             ready_results.put(op)

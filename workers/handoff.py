@@ -50,7 +50,6 @@ from pathlib import Path
 from django.conf import settings
 from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
 from django.db.models.functions import Now
-from django.utils import timezone
 
 from engine.checkpoints import move_into_place
 from engine.types import EngineError, UserInputError
@@ -234,13 +233,7 @@ class HandoffHooks(ExecutionHooks):
             status=Operation.Status.RUNNING, started_at=Now(), worker=self.worker,
             lease_expires_at=lease_deadline(self.lease_s), attempts=F("attempts") + 1,
         )
-        if claimed == 1:  # what the operation_finished listeners read (the database's clock stored)
-            op.status, op.started_at = Operation.Status.RUNNING, timezone.now()
         return claimed == 1
-
-    def claim_many(self, ops: list[Operation]) -> list[Operation]:
-        # One by one: each claim is conditional (another worker may have taken the operation).
-        return [op for op in ops if self.claim(op)]
 
     def prepare(self, engine: Engine, op: Operation) -> None:
         run = op.training_run
