@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TINKER_TELEMETRY", "0")
 
+from engine import cpu_tuning  # noqa: E402
 from engine.runtime import Engine  # noqa: E402
 from engine.tiny_model import SIZES, build_tiny_model  # noqa: E402
 from engine.types import AdamSpec, BaseModelSpec, Datum, ForwardBackwardSpec, LoraSpec, Tensor  # noqa: E402
@@ -273,7 +274,7 @@ def main() -> None:
     import torch
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        cpu_tuning.set_training_threads(args.threads)  # the engine's training threads, not only this one's
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_model(Path(tmp) / "model", SIZES[args.size])

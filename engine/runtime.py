@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from engine import cpu_tuning
 from engine.batching import DEFAULT_MAX_BATCH_TOKENS
 from engine.model_host import ModelHost
 from engine.sampler import Sampler, resolve_sampler_kind
@@ -44,6 +45,8 @@ class Engine:
         objects that live long were just made (the server freezes the garbage
         collector's long-lived objects, tuft_project.gc_freeze)."""
         self.specs = {m.model_name: m for m in models}
+        # Training reuses large blocks every step; see engine/cpu_tuning.py.
+        cpu_tuning.keep_freed_memory()
         self._on_loaded = on_loaded or (lambda what: None)
         # An adapter is ~45 modules, ~1,000 objects for the collector to walk on each
         # full pass until frozen; a geometric schedule keeps the reports (each a full
@@ -60,6 +63,7 @@ class Engine:
 
     def host(self, model_name: str) -> ModelHost:
         """The loaded base model, loading it on first use."""
+        cpu_tuning.for_other_work()  # no-op on a thread that trains (its pool serves the load too)
         with self._load_lock:
             if model_name not in self._hosts:
                 if model_name not in self.specs:
@@ -112,6 +116,7 @@ class Engine:
     # Training -------------------------------------------------------------
 
     def create_run(self, run_id: str, model_name: str, lora: LoraSpec) -> None:
+        cpu_tuning.for_training()
         self.host(model_name)
         created = not self.training.has_run(run_id)
         self.training.create_run(run_id, model_name, lora)
@@ -134,6 +139,7 @@ class Engine:
         self.training.release_run(run_id)
 
     def forward_backward(self, specs: list[ForwardBackwardSpec]) -> list[ForwardBackwardResult]:
+        cpu_tuning.for_training()
         return self.training.forward_backward(specs)
 
     def forward_backward_many(self, specs: list[ForwardBackwardSpec]) -> list[ForwardBackwardResult | EngineError]:
@@ -146,9 +152,11 @@ class Engine:
         run's adapter; results and gradients equal those of sending the requests
         one by one (gradients of one run's requests accumulate).
         """
+        cpu_tuning.for_training()
         return self.training.forward_backward_many(specs)
 
     def optim_step(self, run_id: str, adam: AdamSpec) -> dict[str, float]:
+        cpu_tuning.for_training()
         return self.training.optim_step(run_id, adam)
 
     def optim_step_many(self, steps: list[tuple[str, AdamSpec]]) -> list[dict[str, float] | EngineError]:
@@ -158,12 +166,15 @@ class Engine:
         update; each keeps its own optimizer state. A step that fails yields its
         ``EngineError`` and never fails the others.
         """
+        cpu_tuning.for_training()
         return self.training.optim_step_many(steps)
 
     def save(self, run_id: str, directory: Path, with_optimizer: bool, overwrite: bool = False) -> int:
+        cpu_tuning.for_training()
         return self.training.save(run_id, directory, with_optimizer, overwrite)
 
     def load(self, run_id: str, model_name: str, directory: Path, with_optimizer: bool) -> LoraSpec:
+        cpu_tuning.for_training()
         self.host(model_name)
         created = not self.training.has_run(run_id)
         lora = self.training.load(run_id, model_name, directory, with_optimizer)
@@ -180,6 +191,7 @@ class Engine:
         adapters, or all submitted to vLLM at once). A request that fails yields
         its ``EngineError`` and never fails the others.
         """
+        cpu_tuning.for_other_work()
         outcomes: list[SampleResult | EngineError | None] = [None] * len(requests)
         by_model: dict[str, list[int]] = {}
         for i, req in enumerate(requests):

@@ -68,11 +68,19 @@ def build_tiny_model(out_dir: str | Path, size: TinyModelSize = TinyModelSize(),
 
     Deterministic for a given ``size`` and ``seed``. Returns the directory.
     """
+    from engine import cpu_tuning  # imports torch: only when a model is built
+
+    # One thread: on `tuft`'s first start this runs on the server's main thread, which
+    # must not keep an OpenMP pool beside the training lane's (engine/cpu_tuning.py).
+    with cpu_tuning.one_thread():
+        return _build(Path(out_dir), size, seed)
+
+
+def _build(out: Path, size: TinyModelSize, seed: int) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     special = ["<|endoftext|>", "<|pad|>"]
