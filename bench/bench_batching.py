@@ -281,7 +281,7 @@ def main() -> None:
         model = "bench"
         engine = Engine([BaseModelSpec(model, str(model_dir), max_model_len=args.tokens + 1)],
                         max_batch_tokens=max(8192, 8 * args.rows * args.tokens))
-        print(f"model {args.size} on {engine.host(model).device}, torch threads {torch.get_num_threads()}, "
+        print(f"model {args.size} on {engine.host(model).device}, torch threads {cpu_tuning.TRAINING_THREADS}, "
               f"{args.rows} x {args.tokens} tokens per run, median of {args.reps}")
         for n in (int(x) for x in args.runs.split(",")):
             t = bench_engine(engine, model, n, args.rows, args.tokens, args.reps)
