@@ -68,9 +68,26 @@ def loss_event(op: Operation, metrics: dict[str, float]) -> dict[str, Any] | Non
             "point": {"step": step, "seq_id": op.seq_id, "loss": metrics[LOSS_METRIC]}}
 
 
+def may_have_listeners(group: str) -> bool:
+    """False when no WebSocket of this process is in ``group`` (in-memory layer only).
+
+    Lets the worker skip building an event nobody would receive: a loss point costs
+    a COUNT over the run's finished steps, on the training lane, per forward_backward.
+    With Redis the sockets live in other processes, so the answer is always True.
+    """
+    layer = get_channel_layer()
+    if layer is None:
+        return False
+    if isinstance(layer, InMemoryChannelLayer):
+        # A plain read of the layer's dict from a worker thread: at worst it misses a
+        # socket that joins at this instant, which loads the run's points on connect anyway.
+        return _server_loop is not None and bool(layer.groups.get(group))
+    return True
+
+
 def on_operation_finished(sender: Any, operation: Operation, metrics: dict[str, float], **kwargs: Any) -> None:
     """Receiver of ``operation_finished`` (runs in the worker, after the commit)."""
-    if operation.training_run_id is None:
+    if operation.training_run_id is None or not may_have_listeners(run_group(operation.training_run_id)):
         return
     event = loss_event(operation, metrics)
     if event is None:  # other operations of the run: let its page refresh its counters
