@@ -129,3 +129,18 @@ def test_tuft_help_lists_the_documented_options() -> None:
                          timeout=60, cwd=ROOT)
     for option in ("--port", "--checkpoint-dir", "--model-config", "--home"):
         assert option in out.stdout
+
+
+@pytest.mark.parametrize("url, ok", [("", True), ("nosuchdb://x/y", False)])
+def test_database_url_empty_means_the_default_and_a_bad_one_is_named(tmp_path: Path, url: str, ok: bool) -> None:
+    # `DATABASE_URL=` (empty, as compose files often leave it) once crashed start-up with KeyError: 'ENGINE'.
+    env = {**os.environ, "DATABASE_URL": url, "TUFT_HOME": str(tmp_path / "home")}
+    show = "from django.conf import settings; print(settings.DATABASES['default']['NAME'])"
+    out = subprocess.run([sys.executable, "manage.py", "shell", "-c", show], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT, env=env)
+    if ok:
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip().endswith(str(tmp_path / "home" / "db.sqlite3"))
+    else:
+        assert out.returncode != 0
+        assert "DATABASE_URL is not a database URL" in out.stderr

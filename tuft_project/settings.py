@@ -199,9 +199,13 @@ WSGI_APPLICATION = "tuft_project.wsgi.application"
 ASGI_APPLICATION = "tuft_project.asgi.application"
 
 _sqlite_path = TUFT_HOME / "db.sqlite3"
-DATABASES = {
-    "default": dj_database_url.config(env="DATABASE_URL", default=f"sqlite:///{_sqlite_path}", conn_health_checks=True),
-}
+# An empty DATABASE_URL (e.g. `DATABASE_URL=` in a compose file) means "not set", as
+# for the other settings here; dj_database_url.config would return no database at all.
+_database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{_sqlite_path}"
+try:
+    DATABASES = {"default": dj_database_url.parse(_database_url, conn_health_checks=True)}
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a database URL this server can use: {exc}") from None
 _is_sqlite = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
 # Seconds a thread keeps its database connection (checked before reuse). Every thread
 # that touches the database is long-lived (the API's thread pool, the long poll's
