@@ -16,11 +16,14 @@ N: median aggregate tokens/s of each side, their ratio, and the server
 process's CPU seconds per step (user + system; steadier than wall time on a
 loaded machine) and the benchmark process's (the N SDK clients: their HTTP
 requests and result polls share the server's cores). A reference line follows:
-one tenant sending the N rows in one request, on the batched server.
+one tenant sending the N rows in one request, on the batched server. Last, the
+ceiling: the same N runs one at a time vs batched in this process
+(``--via engine``'s measurement, torch's default threads as the servers):
+through the SDK the ratio cannot exceed it.
 
 ``--via engine``: the same comparison in-process, without the server:
-``Engine.forward_backward`` one request at a time against one
-``Engine.forward_backward_many`` call over all N requests (ranks 8 and 16
+``Engine.forward_backward_many`` called with one request at a time (the call the
+server's lane makes for a lone operation) against one call over all N requests (ranks 8 and 16
 alternating, all linear layers + lm_head), interleaved, median of ``--reps``;
 one optim_step per run follows every repetition on both sides (not timed).
 Prints wall-clock medians and their ratio, and the same
@@ -88,7 +91,7 @@ def bench_engine(engine: Engine, model: str, n_runs: int, rows: int, tokens: int
             wall, cpu = time.perf_counter(), time.process_time()
             if side == "one":
                 for spec in specs:
-                    engine.forward_backward([spec])
+                    engine.forward_backward_many([spec])
             else:
                 outcomes = engine.forward_backward_many(specs)
                 assert not any(isinstance(o, Exception) for o in outcomes), outcomes
@@ -246,6 +249,14 @@ def bench_sdk(args: argparse.Namespace) -> None:
                 print(f"reference: one tenant, {n} x {args.rows} rows in one request: {rate:.0f} tok/s, "
                       f"server CPU s per step {statistics.median(r[1] for r in rounds) / args.steps:.3f}, "
                       f"client {statistics.median(r[2] for r in rounds) / args.steps:.3f}", flush=True)
+            # The ceiling: the same comparison in this process, without HTTP or the lane (the
+            # servers idle meanwhile). Through the SDK the ratio cannot exceed it.
+            engine = Engine([BaseModelSpec(MODEL, str(model_dir), max_model_len=args.rows * args.tokens + 1)],
+                            max_batch_tokens=max(8192, max(ns) * args.rows * args.tokens))
+            for n in ns:
+                t = bench_engine(engine, MODEL, n, args.rows, args.tokens, args.reps)
+                print(f"ceiling, in process: {n} runs one at a time {t['one_wall'] * 1000:.1f} ms, batched "
+                      f"{t['batched_wall'] * 1000:.1f} ms: {t['one_wall'] / t['batched_wall']:.2f}x", flush=True)
         finally:
             for srv in servers.values():
                 srv.stop()
