@@ -20,7 +20,8 @@ target set: a segment whose adapter does not target a layer (``train_mlp=False``
 over all rows.
 
 peft itself is told to add nothing (``adapter_names`` = ``"__base__"`` for
-every row); a forward hook on each LoRA linear adds the segments' terms.
+every row, ``ModelHost.rows_through``); a forward hook on each LoRA linear
+adds the segments' terms.
 """
 
 from __future__ import annotations
@@ -31,39 +32,35 @@ from functools import partial
 from typing import Iterator
 
 import torch
-from peft import PeftModel
 from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.lora import LoraLayer
 
+from engine.model_host import BASE_ROW, ModelHost
 from engine.types import EngineError
 
 logger = logging.getLogger(__name__)
 
-# peft's name for "no adapter on this row" in a mixed-adapter batch.
-BASE_ROW = "__base__"
-
 
 @contextmanager
-def rows_through_adapters(model: PeftModel, row_adapters: list[str]) -> Iterator[list[str]]:
-    """While active, row k of a forward through ``model`` uses adapter ``row_adapters[k]``.
+def rows_through_adapters(host: ModelHost, row_adapters: list[str]) -> Iterator[torch.nn.Module]:
+    """While active, row k of a forward through the yielded model uses adapter ``row_adapters[k]``.
 
-    Yields the ``adapter_names`` to pass to the model's forward. The caller
-    holds the model's lock and has the model in eval mode (peft refuses
-    ``adapter_names`` in training mode). Gradients reach exactly the adapters'
-    own parameters, from their own rows, as in a plain peft forward.
+    Yields the causal LM to call (``ModelHost.rows_through``). The caller holds
+    the host's lock. Gradients reach exactly the adapters' own parameters, from
+    their own rows, as in a plain peft forward.
     """
     segments = _segments(row_adapters)
+    names = {name for name, _, _ in segments}
     handles = []
     try:
-        for module in model.modules():
-            if not isinstance(module, LoraLayer):
-                continue
-            if not any(name in module.lora_A for name, _, _ in segments):
+        for module in host.adapter_layers():
+            if not isinstance(module, LoraLayer) or not names & module.lora_A.keys():
                 continue
             if not isinstance(module, LoraLinear):
                 raise EngineError(f"batched LoRA supports linear layers only, not {type(module).__name__}")
             handles.append(module.register_forward_hook(partial(_add_lora_terms, segments=segments)))
-        yield [BASE_ROW] * len(row_adapters)
+        with host.rows_through([BASE_ROW] * len(row_adapters)) as model:
+            yield model
     finally:
         for handle in handles:
             handle.remove()

@@ -19,15 +19,15 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-from peft import PeftModel
 
 from engine import checkpoints
-from engine.model_host import ModelHost
+from engine.model_host import BASE_ROW, ModelHost
 from engine.sample_checks import check_sample_for_model, stop_sequences
 from engine.types import (
     EngineError,
@@ -40,7 +40,6 @@ from engine.types import (
 
 logger = logging.getLogger(__name__)
 
-BASE_ADAPTER = "__base__"  # peft's row name for "no adapter" in a mixed batch
 # Bounds of one decode batch: rows (samples), prompt tokens prefilled at once.
 MAX_BATCH_ROWS = 64
 MAX_BATCH_PROMPT_TOKENS = 16384
@@ -73,12 +72,7 @@ class SamplerAdapterCache:
         host = self.host
         with host.lock:
             try:
-                if host.peft is None:
-                    host.peft = PeftModel.from_pretrained(host.base, str(directory), adapter_name=name)
-                else:
-                    host.peft.load_adapter(str(directory), adapter_name=name)
-                    if host.peft.active_adapter not in host.peft.peft_config:  # a deleted one
-                        host.peft.set_adapter(name)
+                host.load_adapter(directory, name)
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
                 host.remove_adapter(name)
                 raise UserInputError(f"cannot load checkpoint {directory.name!r} as an adapter: {exc}") from None
@@ -99,7 +93,7 @@ class _Job:
     max_tokens: int
     stops: list[list[int]]
     generator: torch.Generator
-    adapter: str = BASE_ADAPTER
+    adapter: str = BASE_ROW
     first_row: int = 0  # its rows are [first_row, first_row + num_samples) of the batch
     prompt_result: SampleResult = field(default_factory=lambda: SampleResult(sequences=[]))
     tokens: list[list[int]] = field(default_factory=list)
@@ -213,16 +207,15 @@ class HFSampler:
         if group:
             yield group
 
-    def _model_and_names(self, names: list[str]) -> tuple[torch.nn.Module, dict[str, Any]]:
-        """The module to call and the per-row adapter argument (host lock held)."""
+    @contextmanager
+    def _rows_through(self, names: list[str]) -> Iterator[torch.nn.Module]:
+        """The module to call, row k through adapter ``names[k]`` (host lock held)."""
         host = self.host
         if host.peft is None or not host.peft.peft_config:  # no adapter loaded (ModelHost.remove_adapter)
-            return host.base, {}
-        if host.peft.training:
-            # peft refuses per-row adapter names in training mode; with dropout 0
-            # everywhere eval mode changes nothing else.
-            host.peft.eval()
-        return host.peft, {"adapter_names": names}
+            yield host.base
+            return
+        with host.rows_through(names) as model:
+            yield model
 
     @torch.no_grad()
     def _decode(self, jobs: list[_Job]) -> None:
@@ -236,9 +229,9 @@ class HFSampler:
             mask[i, width - len(job.spec.prompt):] = 1
         keep_all = any(_scores_prompt(j.spec) for j in jobs)
         with self.host.lock:
-            model, extra = self._model_and_names([j.adapter for j in jobs])
-            out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                        use_cache=True, logits_to_keep=0 if keep_all else 1, **extra)
+            with self._rows_through([j.adapter for j in jobs]) as model:
+                out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                            use_cache=True, logits_to_keep=0 if keep_all else 1)
         for i, job in enumerate(jobs):
             if _scores_prompt(job.spec):
                 p = len(job.spec.prompt)
@@ -272,11 +265,10 @@ class HFSampler:
                     job.first_row, first = first, first + job.spec.num_samples
             positions = mask.sum(-1, keepdim=True)  # the next token's position in each row
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            with self.host.lock:
-                model, extra = self._model_and_names(
-                    [j.adapter for j in live for _ in range(j.spec.num_samples)])
+            with self.host.lock, self._rows_through([j.adapter for j in live for _ in range(j.spec.num_samples)]) \
+                    as model:
                 out = model(input_ids=next_tokens.unsqueeze(-1), past_key_values=cache, attention_mask=mask,
-                            position_ids=positions, use_cache=True, **extra)
+                            position_ids=positions, use_cache=True)
             cache = out.past_key_values
             logits = out.logits[:, -1].float()
 

@@ -189,11 +189,11 @@ class TrainingEngine:
             for adapter, adapter_params in params.items():
                 for p in adapter_params:
                     p.requires_grad_(adapter in training)
-            causal_lm = model.get_base_model()
-            if _plain_unembedding(causal_lm):
-                scored = _pass_unembedding_per_request(model, causal_lm, rows, items, params)
+            _eval_mode(model)
+            if _plain_unembedding(model.get_base_model()):
+                scored = _pass_unembedding_per_request(host, rows, items, params)
             else:
-                scored = _pass_whole_model(model, rows, items, params)
+                scored = _pass_whole_model(host, rows, items, params)
             return [s if isinstance(s, EngineError) else _result(it.batch, s[1], s[0])
                     for it, s in zip(items, scored)]
 
@@ -402,15 +402,13 @@ def _result(batch: "_Batch", logprobs: torch.Tensor, out: losses.LossOutput) -> 
 _Scored = tuple[losses.LossOutput, torch.Tensor] | EngineError
 
 
-def _pass_whole_model(model: PeftModel, rows: batching.RowBatch, items: list["_Prepared"],
+def _pass_whole_model(host: ModelHost, rows: batching.RowBatch, items: list["_Prepared"],
                       params: dict[str, list[torch.nn.Parameter]]) -> list[_Scored]:
     """The pass for any causal LM: all rows' logits at once, one backward of the summed losses."""
     training = any(not it.spec.forward_only for it in items)
-    _eval_mode(model)
     with torch.set_grad_enabled(training):
-        with multi_lora.rows_through_adapters(model, rows.adapter_names) as peft_rows:
-            logits = model(input_ids=rows.input_ids, attention_mask=rows.attention_mask,
-                           adapter_names=peft_rows).logits
+        with multi_lora.rows_through_adapters(host, rows.adapter_names) as causal_lm:
+            logits = causal_lm(input_ids=rows.input_ids, attention_mask=rows.attention_mask).logits
         # NOTE(batch): split, not index: the backward of a split concatenates the
         # requests' gradients once, where each slice's backward would fill a
         # zero tensor the size of all the logits.
@@ -425,8 +423,7 @@ def _pass_whole_model(model: PeftModel, rows: batching.RowBatch, items: list["_P
     return scored
 
 
-def _pass_unembedding_per_request(model: PeftModel, causal_lm: torch.nn.Module, rows: batching.RowBatch,
-                                  items: list["_Prepared"],
+def _pass_unembedding_per_request(host: ModelHost, rows: batching.RowBatch, items: list["_Prepared"],
                                   params: dict[str, list[torch.nn.Parameter]]) -> list[_Scored]:
     """The pass for a model whose logits are ``lm_head(last hidden state)``: the decoder once over
     all rows, then each request's unembedding, loss and their backward, one request at a time.
@@ -444,12 +441,9 @@ def _pass_unembedding_per_request(model: PeftModel, causal_lm: torch.nn.Module, 
     its own rows only), so they equal one pass per request.
     """
     training = any(not it.spec.forward_only for it in items)
-    _eval_mode(model)
-    with torch.set_grad_enabled(training), multi_lora.rows_through_adapters(model, rows.adapter_names) as peft_rows:
-        # PeftModel.forward's own hook set-up, around the decoder alone: peft adds no adapter of its own.
-        with model._enable_peft_forward_hooks(adapter_names=peft_rows):
-            hidden = causal_lm.get_decoder()(input_ids=rows.input_ids, attention_mask=rows.attention_mask,
-                                             use_cache=False).last_hidden_state
+    with torch.set_grad_enabled(training), multi_lora.rows_through_adapters(host, rows.adapter_names) as causal_lm:
+        hidden = causal_lm.get_decoder()(input_ids=rows.input_ids, attention_mask=rows.attention_mask,
+                                         use_cache=False).last_hidden_state
     unembed = causal_lm.get_output_embeddings()
     scored: list[_Scored] = []
     pieces: list[torch.Tensor] = []  # the decoder outputs of the requests that train
@@ -480,9 +474,8 @@ def _pass_unembedding_per_request(model: PeftModel, causal_lm: torch.nn.Module, 
 
 
 def _eval_mode(model: PeftModel) -> None:
-    # peft refuses adapter_names (multi_lora passes them) in training mode; with
-    # LoRA dropout 0 and the base already in eval mode, eval() changes nothing else.
-    # (eval() walks every module: only when needed.)
+    # No dropout anywhere in a pass (LoRA dropout is 0 and the base is loaded in
+    # eval mode; this keeps it so). eval() walks every module: only when needed.
     if model.training:
         model.eval()
 
