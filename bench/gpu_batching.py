@@ -14,7 +14,8 @@ It creates ``--tenants`` LoRA runs (rank ``--rank`` on all seven linear
 projections of every layer), gives each run one row of ``--tokens`` tokens, then
 times, interleaved (sequential, batched, sequential, batched, ...):
 
-* sequential: ``Engine.forward_backward`` one run at a time (N passes);
+* sequential: ``Engine.forward_backward_many`` with one run at a time (N passes;
+  the call the server's lane makes for a lone operation);
 * batched: one ``Engine.forward_backward_many`` call over all N runs (one pass,
   each row through its own run's adapter).
 
@@ -70,7 +71,9 @@ def bench_shape(shape: str, work: Path, tenants: int, tokens: int, rank: int, re
 
     def sequential() -> None:
         for spec in specs:
-            engine.forward_backward([spec])
+            outcome = engine.forward_backward_many([spec])[0]
+            if isinstance(outcome, EngineError):
+                raise outcome
 
     def batched() -> None:
         outcomes = engine.forward_backward_many(specs)
