@@ -8,12 +8,14 @@ adapters of other tenants on the same base model), times
 * a batched ``forward_backward_many`` of 8 runs x 1 x 128 tokens (or of all
   runs, when fewer are loaded), and
 * an HF sample of 32 greedy tokens from a 16-token prompt through a saved
-  sampler adapter (one decode step per token),
+  sampler adapter (one decode step per token), and
+* a save of one run's adapter and optimizer state (what a Redis-mode worker
+  writes after an optim_step when its automatic checkpoint is due),
 
-median of ``--reps``. Neither should grow with the adapters loaded beyond
-those the forward uses (``ModelHost.adapter_layers``: peft's own mixed-adapter
-forward walks every module of the model, adapters' modules included, twice
-per call).
+median of ``--reps``. None should grow with the adapters loaded beyond those
+it uses (``ModelHost.adapter_layers``: peft's own mixed-adapter forward walks
+every module of the model, adapters' modules included, twice per call, and
+its state-dict helper walks them all to save one adapter).
 """
 
 from __future__ import annotations
@@ -70,8 +72,10 @@ def main() -> None:
             specs = make_specs([f"run{i}" for i in range(min(8, loaded))], 1, 128, vocab, seed=0)
             pass_ms = median_ms(lambda: engine.forward_backward_many(specs), args.reps)
             sample_ms = median_ms(lambda: engine.sample_many([sample]), args.reps)
+            save_ms = median_ms(lambda: engine.save("run0", Path(tmp) / "saved", with_optimizer=True,
+                                                    overwrite=True), args.reps)
             print(f"{loaded:3d} runs loaded: batched pass of {len(specs)} runs {pass_ms:7.1f} ms | "
-                  f"HF sample of 32 tokens {sample_ms:7.1f} ms", flush=True)
+                  f"HF sample of 32 tokens {sample_ms:7.1f} ms | save {save_ms:5.1f} ms", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 from torch.optim.adam import adam as functional_adam
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from peft.utils import set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from engine import batching, checkpoints, losses, multi_lora
@@ -48,6 +48,9 @@ class RunState:
     # (holding the GIL) per request, O(runs^2) per batched pass. Adding or
     # deleting other adapters and loading weights never replace these objects.
     params: list[torch.nn.Parameter]
+    # The same, by the names a PEFT checkpoint stores them under (the adapter's name
+    # taken out): what ``save`` writes, without peft's walk of the whole model.
+    named_params: dict[str, torch.nn.Parameter]
     step: int = 0
 
 
@@ -85,9 +88,10 @@ class TrainingEngine:
         host = self.host_for(model_name)
         adapter = _adapter_name(run_id)
         host.add_adapter(adapter, lora)
-        params = list(host.adapter_parameters(adapter).values())
+        named = host.adapter_parameters(adapter)
+        params = list(named.values())
         optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
-        self.runs[run_id] = RunState(run_id, host, adapter, lora, optimizer, params)
+        self.runs[run_id] = RunState(run_id, host, adapter, lora, optimizer, params, named)
         logger.info("created run %s on %s (rank %d)", run_id, model_name, lora.rank)
 
     def has_run(self, run_id: str) -> bool:
@@ -252,8 +256,12 @@ class TrainingEngine:
         host = run.host
         with host.lock, checkpoints.atomic_directory(directory, overwrite) as tmp:
             assert host.peft is not None
-            state = get_peft_model_state_dict(host.peft, adapter_name=run.adapter, save_embedding_layers=False)
-            save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()},
+            # NOTE(batch): the run's own parameters under PEFT's key names: what
+            # get_peft_model_state_dict returns for a LoRA adapter (tested), without
+            # its walk over every module and parameter of the shared model, which
+            # grows with every adapter loaded (a save took 7 ms with one run on the
+            # small model and 80 ms with 64).
+            save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in run.named_params.items()},
                       str(tmp / checkpoints.ADAPTER_WEIGHTS), metadata={"format": "pt"})
             config = host.peft.peft_config[run.adapter]
             config.base_model_name_or_path = host.spec.model_path
