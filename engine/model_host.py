@@ -181,12 +181,16 @@ class ModelHost:
         ``adapter_names`` argument, which is what ``PeftModel.forward(...,
         adapter_names=)`` does, but without its two walks over every module
         (``adapter_layers``). Yields the transformers model inside the peft
-        wrapper: call that, not the ``PeftModel``. Hold ``lock`` throughout.
+        wrapper (the plain base model while no adapter is loaded): call that,
+        not the ``PeftModel``. Hold ``lock`` throughout.
         """
-        assert self.peft is not None, "no adapter was ever added"
-        unknown = sorted({n for n in adapter_names if n != BASE_ROW} - set(self.peft.peft_config))
+        loaded = set(self.peft.peft_config) if self.peft is not None else set()
+        unknown = sorted({n for n in adapter_names if n != BASE_ROW} - loaded)
         if unknown:
             raise EngineError(f"adapter {unknown[0]!r} is not loaded on {self.spec.model_name}")
+        if not loaded:  # no adapter loaded (never, or all removed): every row is the plain base model
+            yield self.base
+            return
         handles = []
         try:
             for layer in self.adapter_layers():

@@ -19,10 +19,9 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -207,16 +206,6 @@ class HFSampler:
         if group:
             yield group
 
-    @contextmanager
-    def _rows_through(self, names: list[str]) -> Iterator[torch.nn.Module]:
-        """The module to call, row k through adapter ``names[k]`` (host lock held)."""
-        host = self.host
-        if host.peft is None or not host.peft.peft_config:  # no adapter loaded (ModelHost.remove_adapter)
-            yield host.base
-            return
-        with host.rows_through(names) as model:
-            yield model
-
     @torch.no_grad()
     def _decode(self, jobs: list[_Job]) -> None:
         """Prefill every job's prompt (left-padded, one row each), then decode all rows."""
@@ -229,7 +218,7 @@ class HFSampler:
             mask[i, width - len(job.spec.prompt):] = 1
         keep_all = any(_scores_prompt(j.spec) for j in jobs)
         with self.host.lock:
-            with self._rows_through([j.adapter for j in jobs]) as model:
+            with self.host.rows_through([j.adapter for j in jobs]) as model:
                 out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                             use_cache=True, logits_to_keep=0 if keep_all else 1)
         for i, job in enumerate(jobs):
@@ -265,8 +254,8 @@ class HFSampler:
                     job.first_row, first = first, first + job.spec.num_samples
             positions = mask.sum(-1, keepdim=True)  # the next token's position in each row
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            with self.host.lock, self._rows_through([j.adapter for j in live for _ in range(j.spec.num_samples)]) \
-                    as model:
+            names = [j.adapter for j in live for _ in range(j.spec.num_samples)]
+            with self.host.lock, self.host.rows_through(names) as model:
                 out = model(input_ids=next_tokens.unsqueeze(-1), past_key_values=cache, attention_mask=mask,
                             position_ids=positions, use_cache=True)
             cache = out.past_key_values

@@ -42,16 +42,19 @@ class RunState:
     adapter: str
     lora: LoraSpec
     optimizer: torch.optim.AdamW
-    # The adapter's parameters (the optimizer's), looked up once when the run is
-    # created: finding them walks every module of the shared model, which grows
-    # with each adapter attached, so a per-step walk cost O(runs) of pure Python
-    # (holding the GIL) per request, O(runs^2) per batched pass. Adding or
-    # deleting other adapters and loading weights never replace these objects.
-    params: list[torch.nn.Parameter]
-    # The same, by the names a PEFT checkpoint stores them under (the adapter's name
-    # taken out): what ``save`` writes, without peft's walk of the whole model.
+    # The adapter's parameters (the optimizer's) by the names a PEFT checkpoint
+    # stores them under (the adapter's name taken out), looked up once when the
+    # run is created: finding them walks every module of the shared model, which
+    # grows with each adapter attached, so a per-step walk cost O(runs) of pure
+    # Python (holding the GIL) per request, O(runs^2) per batched pass, and a
+    # save through peft's state-dict helper walked it too. Adding or deleting
+    # other adapters and loading weights never replace these objects.
     named_params: dict[str, torch.nn.Parameter]
     step: int = 0
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return list(self.named_params.values())
 
 
 def _adapter_name(run_id: str) -> str:
@@ -89,9 +92,9 @@ class TrainingEngine:
         adapter = _adapter_name(run_id)
         host.add_adapter(adapter, lora)
         named = host.adapter_parameters(adapter)
-        params = list(named.values())
-        optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
-        self.runs[run_id] = RunState(run_id, host, adapter, lora, optimizer, params, named)
+        optimizer = torch.optim.AdamW(list(named.values()), lr=1e-4, betas=(0.9, 0.95), eps=1e-12,
+                                      weight_decay=0.0)
+        self.runs[run_id] = RunState(run_id, host, adapter, lora, optimizer, named)
         logger.info("created run %s on %s (rank %d)", run_id, model_name, lora.rank)
 
     def has_run(self, run_id: str) -> bool:
